@@ -1,0 +1,3 @@
+"""Dunbot: collects overdue B2B payments by email."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,398 @@
+"""The bot's own memory: what it queued, sent, learned about contacts and escalated.
+
+SQLAlchemy Core over SQLite (WAL) by default, PostgreSQL alike; the schema is owned by Alembic
+migrations and upgraded on open. The ledger is never written: everything the bot does lives here.
+
+Two constraints carry the delivery guarantees: a reminder's Message-ID is unique, and an
+(invoice, stage) pair is unique, so the same stage can never be queued twice for an invoice, even
+by two processes racing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from bot.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, whatever the dialect stores."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+metadata = sa.MetaData()
+
+reminders = sa.Table(
+    "reminders", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("message_id", sa.String(255), nullable=False, unique=True),
+    sa.Column("customer_id", sa.String(64), nullable=False, index=True),
+    sa.Column("contact", sa.String(320), nullable=False),
+    sa.Column("track", sa.String(40), nullable=False),
+    sa.Column("stage", sa.String(40), nullable=False),
+    sa.Column("language", sa.String(8), nullable=False),
+    sa.Column("sender", sa.String(320), nullable=False),
+    sa.Column("recipients", sa.Text, nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("raw", sa.LargeBinary, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("server_reply", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("sent_at", UTCDateTime, nullable=True),
+)
+
+reminder_invoices = sa.Table(
+    "reminder_invoices", metadata,
+    sa.Column("reminder_id", sa.Integer, sa.ForeignKey("reminders.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("invoice_id", sa.String(64), primary_key=True),
+    sa.Column("stage", sa.String(40), nullable=False),
+    sa.Column("customer_id", sa.String(64), nullable=False, index=True),
+    sa.Column("balance", sa.String(40), nullable=False),
+    sa.UniqueConstraint("invoice_id", "stage", name="uq_invoice_stage"),
+)
+
+contacts = sa.Table(
+    "contacts", metadata,
+    sa.Column("address", sa.String(320), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+escalations = sa.Table(
+    "escalations", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("customer_id", sa.String(64), nullable=False, index=True),
+    sa.Column("reason", sa.String(40), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("invoice_ids", sa.Text, nullable=False),
+    sa.Column("recommendation", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("resolved_at", UTCDateTime, nullable=True),
+)
+
+QUEUED, SENDING, SENT, FAILED, CANCELLED = "queued", "sending", "sent", "failed", "cancelled"
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A reminder ready to be recorded: everything needed to send it again byte for byte."""
+
+    message_id: str
+    customer_id: str
+    contact: str
+    track: str
+    stage: str
+    language: str
+    sender: str
+    recipients: tuple[str, ...]
+    subject: str
+    raw: bytes
+    balances: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    id: int
+    message_id: str
+    customer_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    raw: bytes
+    attempts: int
+    invoice_ids: tuple[str, ...]
+
+
+def _alembic_config(connection: Connection) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+class Store:
+    """All reads and writes of the bot's state, each method one short transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Connect and bring the schema to the latest migration."""
+        try:
+            if url.startswith("sqlite:///") and not url.endswith(":memory:"):
+                Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(url, future=True)
+            if engine.dialect.name == "sqlite":
+                sa.event.listen(engine, "connect", _sqlite_pragmas)
+            with engine.begin() as connection:
+                current = MigrationContext.configure(connection).get_current_revision()
+                head = ScriptDirectory.from_config(_alembic_config(connection)).get_current_head()
+                if current != head:
+                    command.upgrade(_alembic_config(connection), "head")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the store {engine_safe(url)}: {exc.__class__.__name__}: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot open the store {engine_safe(url)}: {exc}") from exc
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """One transaction; a failing database (disk full, locked) becomes a StoreError, so sending stops."""
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except OperationalError as exc:
+            raise StoreError(f"the store could not record the change: {exc.orig}") from exc
+
+    # History, as the policy needs it.
+
+    def stages_sent(self) -> dict[str, frozenset[str]]:
+        result: dict[str, set[str]] = {}
+        with self._tx() as c:
+            for invoice_id, stage in c.execute(sa.select(reminder_invoices.c.invoice_id, reminder_invoices.c.stage)):
+                result.setdefault(invoice_id, set()).add(stage)
+        return {k: frozenset(v) for k, v in result.items()}
+
+    def last_sent(self) -> dict[str, datetime]:
+        q = (sa.select(reminders.c.customer_id, sa.func.max(reminders.c.created_at))
+             .where(reminders.c.status != CANCELLED).group_by(reminders.c.customer_id))
+        with self._tx() as c:
+            return {cid: _utc(at) for cid, at in c.execute(q)}
+
+    def threads(self) -> dict[str, tuple[str, ...]]:
+        q = (sa.select(reminders.c.customer_id, reminders.c.message_id)
+             .where(reminders.c.status.in_((SENT, SENDING, QUEUED)))
+             .order_by(reminders.c.customer_id, reminders.c.id))
+        result: dict[str, list[str]] = {}
+        with self._tx() as c:
+            for cid, mid in c.execute(q):
+                result.setdefault(cid, []).append(mid)
+        return {k: tuple(v) for k, v in result.items()}
+
+    def invalid_contacts(self) -> frozenset[str]:
+        with self._tx() as c:
+            return frozenset(r[0] for r in c.execute(sa.select(contacts.c.address)
+                                                    .where(contacts.c.status == "invalid")))
+
+    def escalated_customers(self) -> frozenset[str]:
+        with self._tx() as c:
+            return frozenset(r[0] for r in c.execute(sa.select(escalations.c.customer_id)
+                                                    .where(escalations.c.resolved_at.is_(None))))
+
+    # The outbox.
+
+    def enqueue(self, batch: Sequence[Queued], now: datetime) -> list[str]:
+        """Record reminders before they are sent; returns the Message-IDs actually queued.
+
+        A batch is one transaction; if another writer got there first (a unique constraint), the batch
+        is retried row by row so the others still go in and the duplicate is dropped.
+        """
+        try:
+            with self._tx() as c:
+                for item in batch:
+                    self._insert(c, item, now)
+            return [item.message_id for item in batch]
+        except IntegrityError:
+            pass
+        queued = []
+        for item in batch:
+            try:
+                with self._tx() as c:
+                    self._insert(c, item, now)
+                queued.append(item.message_id)
+            except IntegrityError:
+                log.info("reminder %s for customer %s was already queued; skipped", item.message_id,
+                         item.customer_id)
+        return queued
+
+    @staticmethod
+    def _insert(c: Connection, item: Queued, now: datetime) -> None:
+        rid = c.execute(reminders.insert().values(
+            message_id=item.message_id, customer_id=item.customer_id, contact=item.contact, track=item.track,
+            stage=item.stage, language=item.language, sender=item.sender,
+            recipients=json.dumps(list(item.recipients)), subject=item.subject, raw=item.raw, status=QUEUED,
+            attempts=0, next_attempt_at=None, created_at=now,
+        )).inserted_primary_key[0]
+        c.execute(reminder_invoices.insert(), [
+            {"reminder_id": rid, "invoice_id": inv, "stage": item.stage, "customer_id": item.customer_id,
+             "balance": balance}
+            for inv, balance in item.balances
+        ])
+
+    def recover_interrupted(self) -> list[tuple[int, str, str]]:
+        """Put reminders caught mid-send by a crash back in the queue; returns them for the log.
+
+        The server may or may not have accepted them: this is the one window where a duplicate can occur.
+        """
+        with self._tx() as c:
+            rows = c.execute(sa.select(reminders.c.id, reminders.c.message_id, reminders.c.customer_id)
+                             .where(reminders.c.status == SENDING)).all()
+            if rows:
+                c.execute(reminders.update().where(reminders.c.status == SENDING).values(status=QUEUED))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def due(self, now: datetime, limit: int | None = None) -> list[Outgoing]:
+        q = (sa.select(reminders.c.id, reminders.c.message_id, reminders.c.customer_id, reminders.c.sender,
+                       reminders.c.recipients, reminders.c.raw, reminders.c.attempts)
+             .where(reminders.c.status == QUEUED)
+             .where(sa.or_(reminders.c.next_attempt_at.is_(None), reminders.c.next_attempt_at <= now))
+             .order_by(reminders.c.id))
+        if limit:
+            q = q.limit(limit)
+        with self._tx() as c:
+            rows = c.execute(q).all()
+            ids = [r[0] for r in rows]
+            invoices: dict[int, list[str]] = {}
+            for chunk in _chunks(ids, 500):
+                for rid, inv in c.execute(sa.select(reminder_invoices.c.reminder_id, reminder_invoices.c.invoice_id)
+                                          .where(reminder_invoices.c.reminder_id.in_(chunk))):
+                    invoices.setdefault(rid, []).append(inv)
+        return [Outgoing(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], tuple(invoices.get(r[0], ())))
+                for r in rows]
+
+    def queued_balances(self) -> dict[int, dict[str, str]]:
+        """For every reminder not yet sent, the balance each invoice had when it was queued."""
+        q = (sa.select(reminder_invoices.c.reminder_id, reminder_invoices.c.invoice_id, reminder_invoices.c.balance)
+             .join(reminders, reminders.c.id == reminder_invoices.c.reminder_id)
+             .where(reminders.c.status.in_((QUEUED, SENDING))))
+        result: dict[int, dict[str, str]] = {}
+        with self._tx() as c:
+            for rid, inv, balance in c.execute(q):
+                result.setdefault(rid, {})[inv] = balance
+        return result
+
+    def next_retry(self) -> datetime | None:
+        with self._tx() as c:
+            value = c.execute(sa.select(sa.func.min(reminders.c.next_attempt_at))
+                              .where(reminders.c.status == QUEUED)).scalar()
+        return _utc(value) if value else None
+
+    def mark_sending(self, rid: int) -> None:
+        with self._tx() as c:
+            c.execute(reminders.update().where(reminders.c.id == rid).values(
+                status=SENDING, attempts=reminders.c.attempts + 1))
+
+    def mark_sent(self, rid: int, now: datetime, reply: str) -> None:
+        with self._tx() as c:
+            c.execute(reminders.update().where(reminders.c.id == rid).values(
+                status=SENT, sent_at=now, server_reply=reply[:500], last_error=None, next_attempt_at=None))
+
+    def mark_retry(self, rid: int, at: datetime, error: str) -> None:
+        with self._tx() as c:
+            c.execute(reminders.update().where(reminders.c.id == rid).values(
+                status=QUEUED, next_attempt_at=at, last_error=error[:1000]))
+
+    def mark_failed(self, rid: int, error: str) -> None:
+        with self._tx() as c:
+            c.execute(reminders.update().where(reminders.c.id == rid).values(
+                status=FAILED, last_error=error[:1000], next_attempt_at=None))
+
+    def cancel(self, rid: int, reason: str) -> None:
+        """Withdraw a queued reminder (its invoices were paid); its stages become free to plan again."""
+        with self._tx() as c:
+            c.execute(reminders.update().where(reminders.c.id == rid).values(
+                status=CANCELLED, last_error=reason[:1000], next_attempt_at=None))
+            c.execute(reminder_invoices.delete().where(reminder_invoices.c.reminder_id == rid))
+
+    def mark_contact_invalid(self, address: str, reason: str, now: datetime) -> None:
+        address = address.lower()
+        with self._tx() as c:
+            updated = c.execute(contacts.update().where(contacts.c.address == address).values(
+                status="invalid", reason=reason[:1000], updated_at=now)).rowcount
+            if not updated:
+                c.execute(contacts.insert().values(address=address, status="invalid", reason=reason[:1000],
+                                                   updated_at=now))
+
+    def escalate(self, customer_id: str, reason: str, detail: str, invoice_ids: Iterable[str],
+                 recommendation: str, now: datetime) -> bool:
+        """Open an escalation unless one is already open for the customer; True when a new one was opened."""
+        with self._tx() as c:
+            open_ = c.execute(sa.select(escalations.c.id).where(escalations.c.customer_id == customer_id)
+                              .where(escalations.c.resolved_at.is_(None))).first()
+            if open_:
+                return False
+            c.execute(escalations.insert().values(
+                customer_id=customer_id, reason=reason, detail=detail, invoice_ids=json.dumps(list(invoice_ids)),
+                recommendation=recommendation, created_at=now))
+        return True
+
+    def reminders_for(self, customer_id: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(reminders).order_by(reminders.c.id)
+        if customer_id is not None:
+            q = q.where(reminders.c.customer_id == customer_id)
+        with self._tx() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
+
+    def open_escalations(self) -> list[dict[str, Any]]:
+        with self._tx() as c:
+            return [dict(r._mapping) for r in c.execute(sa.select(escalations)
+                                                        .where(escalations.c.resolved_at.is_(None))
+                                                        .order_by(escalations.c.id))]
+
+    def counts(self) -> dict[str, int]:
+        with self._tx() as c:
+            return {s: n for s, n in c.execute(sa.select(reminders.c.status, sa.func.count())
+                                               .group_by(reminders.c.status))}
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def engine_safe(url: str) -> str:
+    """The URL with any password replaced, for messages."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable store URL>"

@@ -1,0 +1,116 @@
+"""The store on real SQLite and real PostgreSQL: the same tests, dialect-neutral SQL."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from bot.errors import StoreError
+from bot.store import Queued, Store
+from tests.stores import BACKENDS, store_url
+
+NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    with store_url(request.param, tmp_path) as url:
+        opened = Store.open(url)
+        yield opened
+        opened.close()
+
+
+def queued(mid: str, customer: str = "C1", invoices: tuple[str, ...] = ("I1",), stage: str = "first") -> Queued:
+    return Queued(message_id=mid, customer_id=customer, contact="ap@c.test", track="standard", stage=stage,
+                  language="en", sender="ar@us.test", recipients=("ap@c.test",), subject="s", raw=b"raw\r\n",
+                  balances=tuple((i, "10.00") for i in invoices))
+
+
+def test_enqueue_then_history(store: Store) -> None:
+    assert store.enqueue([queued("<a@x>", invoices=("I1", "I2"))], NOW) == ["<a@x>"]
+    assert store.stages_sent() == {"I1": frozenset({"first"}), "I2": frozenset({"first"})}
+    assert store.last_sent() == {"C1": NOW}
+    assert store.threads() == {"C1": ("<a@x>",)}
+    (due,) = store.due(NOW)
+    assert due.raw == b"raw\r\n" and due.recipients == ("ap@c.test",) and set(due.invoice_ids) == {"I1", "I2"}
+
+
+def test_same_stage_for_an_invoice_is_refused_even_in_a_batch(store: Store) -> None:
+    store.enqueue([queued("<a@x>")], NOW)
+    result = store.enqueue([queued("<b@x>", invoices=("I1",)), queued("<c@x>", "C2", ("I9",))], NOW)
+    assert result == ["<c@x>"]
+    assert store.enqueue([queued("<a@x>", invoices=("I5",))], NOW) == []
+    assert len(store.reminders_for()) == 2
+
+
+def test_sending_states_and_recovery(store: Store) -> None:
+    store.enqueue([queued("<a@x>"), queued("<b@x>", "C2", ("I2",))], NOW)
+    first, second = store.due(NOW)
+    store.mark_sending(first.id)
+    store.mark_sent(first.id, NOW, "250 ok")
+    store.mark_sending(second.id)
+    assert store.due(NOW) == []
+    assert store.recover_interrupted() == [(second.id, "<b@x>", "C2")]
+    (again,) = store.due(NOW)
+    assert again.id == second.id and again.attempts == 1
+    assert store.counts() == {"sent": 1, "queued": 1}
+
+
+def test_retry_later_and_give_up(store: Store) -> None:
+    store.enqueue([queued("<a@x>")], NOW)
+    (item,) = store.due(NOW)
+    store.mark_sending(item.id)
+    store.mark_retry(item.id, NOW + timedelta(minutes=1), "451 try later")
+    assert store.due(NOW) == [] and store.next_retry() == NOW + timedelta(minutes=1)
+    assert len(store.due(NOW + timedelta(minutes=1))) == 1
+    store.mark_failed(item.id, "gave up")
+    assert store.due(NOW + timedelta(days=1)) == [] and store.counts() == {"failed": 1}
+
+
+def test_cancel_frees_the_stage(store: Store) -> None:
+    store.enqueue([queued("<a@x>", invoices=("I1", "I2"))], NOW)
+    assert store.queued_balances() == {1: {"I1": "10.00", "I2": "10.00"}}
+    store.cancel(1, "I1 paid")
+    assert store.stages_sent() == {} and store.last_sent() == {} and store.due(NOW) == []
+    assert store.enqueue([queued("<b@x>", invoices=("I2",))], NOW) == ["<b@x>"]
+
+
+def test_contacts_and_escalations(store: Store) -> None:
+    store.mark_contact_invalid("AP@C.test", "550 no such user", NOW)
+    store.mark_contact_invalid("ap@c.test", "550 again", NOW)
+    assert store.invalid_contacts() == frozenset({"ap@c.test"})
+    assert store.escalate("C1", "age", "90 days overdue", ["I1"], "agency", NOW) is True
+    assert store.escalate("C1", "age", "91 days overdue", ["I1"], "agency", NOW) is False
+    assert store.escalated_customers() == frozenset({"C1"})
+    (esc,) = store.open_escalations()
+    assert esc["created_at"] == NOW and esc["reason"] == "age"
+
+
+def test_reopen_keeps_the_data(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    Store.open(url).enqueue([queued("<a@x>")], NOW)
+    assert Store.open(url).threads() == {"C1": ("<a@x>",)}
+
+
+def test_locked_store_stops_writes(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    store = Store.open(f"sqlite:///{path}")
+    store.engine.dispose()
+    blocker = sqlite3.connect(path, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")
+    fast = Store(sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.1}))
+    with pytest.raises(StoreError, match="could not record"):
+        fast.enqueue([queued("<a@x>")], NOW)
+    blocker.rollback()
+    blocker.close()
+
+
+def test_unopenable_store_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    with pytest.raises(StoreError, match="cannot open the store"):
+        Store.open(f"sqlite:///{tmp_path / 'f' / 'x.db'}")

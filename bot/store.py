@@ -38,14 +38,14 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
     impl = sa.DateTime
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, _dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the store")
         return value.astimezone(UTC).replace(tzinfo=None)
 
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+    def process_result_value(self, value: datetime | None, _dialect: sa.Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
 
 
@@ -377,8 +377,8 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         with self._tx() as c:
-            return {s: n for s, n in c.execute(sa.select(reminders.c.status, sa.func.count())
-                                               .group_by(reminders.c.status))}
+            rows = c.execute(sa.select(reminders.c.status, sa.func.count()).group_by(reminders.c.status))
+            return {status: int(count) for status, count in rows}
 
 
 def _utc(value: datetime) -> datetime:

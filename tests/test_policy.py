@@ -12,7 +12,7 @@ import pytest
 
 from bot.config import Settings, load_settings
 from bot.ledger import Customer, Invoice
-from bot.policy import Hold, History, current_stage, message_id, plan
+from bot.policy import History, Hold, current_stage, message_id, plan
 
 ROOT = Path(__file__).resolve().parent.parent
 MADRID = ZoneInfo("Europe/Madrid")

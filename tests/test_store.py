@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from stores import BACKENDS, store_url
 
 from bot.errors import StoreError
 from bot.store import Queued, Store
-from tests.stores import BACKENDS, store_url
 
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 

@@ -1,0 +1,264 @@
+"""Exactly-once delivery: record a reminder, then send it, then mark it sent.
+
+A reminder is rendered and committed to the store ("queued") before any byte goes to a server;
+it is marked "sending" (committed) just before the SMTP transaction and "sent" once the server
+accepts it. A crash anywhere leaves one of three states, each safe on restart:
+queued (sent later), sending (sent again, and logged: the server may have accepted it just before
+the crash — the one window where a customer can get a duplicate), sent (done).
+If the store cannot record a step, sending stops: the bot never sends what it cannot record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from bot.config import Settings
+from bot.errors import ConfigurationFailure, PermanentFailure, StoreError, TemplateError, TemporaryFailure
+from bot.ledger import Invoice
+from bot.messages import compose, recipients
+from bot.policy import History, Plan, Reminder
+from bot.store import Outgoing, Queued, Store
+from bot.templates import Templates
+from bot.transports import Envelope, Transport
+
+log = logging.getLogger(__name__)
+BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """How long to wait after each temporary failure, and when to give up."""
+
+    max_attempts: int = 8
+    initial: float = 60.0
+    maximum: float = 3600.0
+
+    def delay(self, attempts: int) -> timedelta:
+        return timedelta(seconds=min(self.initial * 2 ** max(attempts - 1, 0), self.maximum))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Retry:
+        smtp = settings.transport.smtp
+        if smtp is None:
+            return cls()
+        return cls(smtp.max_attempts, smtp.backoff_initial, smtp.backoff_max)
+
+
+@dataclass(slots=True)
+class Report:
+    """What a pass did, for the command line and the logs."""
+
+    queued: int = 0
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    escalated: int = 0
+    refused: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    aborted: str | None = None
+
+
+def load_history(store: Store) -> History:
+    return History(
+        stages_sent=store.stages_sent(),
+        last_sent=store.last_sent(),
+        thread=store.threads(),
+        invalid_contacts=store.invalid_contacts(),
+        escalated=store.escalated_customers(),
+    )
+
+
+def cancel_stale(store: Store, open_invoices: Mapping[str, Invoice], report: Report) -> None:
+    """Withdraw queued reminders whose invoices were paid, changed or left the ledger since queueing."""
+    for rid, balances in store.queued_balances().items():
+        stale = [inv for inv, balance in balances.items()
+                 if inv not in open_invoices or str(open_invoices[inv].balance) != balance]
+        if stale:
+            store.cancel(rid, f"ledger changed for {', '.join(sorted(stale))} since it was queued")
+            log.info("withdrew queued reminder %d: invoices %s paid, changed or gone", rid, ", ".join(sorted(stale)))
+            report.cancelled += 1
+
+
+def render(reminder: Reminder, templates: Templates, settings: Settings, now: datetime) -> Queued:
+    rendered = templates.render(reminder, settings.company)
+    return Queued(
+        message_id=reminder.message_id,
+        customer_id=reminder.customer.customer_id,
+        contact=reminder.to,
+        track=reminder.track,
+        stage=reminder.stage.name,
+        language=reminder.language,
+        sender=settings.company.email,
+        recipients=recipients(reminder),
+        subject=rendered.subject,
+        raw=compose(reminder, rendered, settings.company, now),
+        balances=tuple((line.invoice.invoice_id, str(line.invoice.balance)) for line in reminder.lines),
+    )
+
+
+def enqueue(plan: Plan, store: Store, templates: Templates, settings: Settings, report: Report) -> None:
+    """Render and record every planned reminder and escalation; a template error skips only its customer."""
+    now = plan.now
+    batch: list[Queued] = []
+    for reminder in plan.reminders:
+        try:
+            batch.append(render(reminder, templates, settings, now))
+        except TemplateError as exc:
+            report.errors.append(f"customer {reminder.customer.customer_id}: {exc}")
+            log.error("not queued for customer %s: %s", reminder.customer.customer_id, exc)
+            continue
+        if len(batch) >= BATCH:
+            report.queued += len(store.enqueue(batch, now))
+            batch.clear()
+    if batch:
+        report.queued += len(store.enqueue(batch, now))
+    for esc in plan.escalations:
+        if store.escalate(esc.customer.customer_id, esc.reason, f"{esc.days_overdue} days overdue",
+                          esc.invoice_ids, esc.recommendation, now):
+            report.escalated += 1
+            log.warning("escalated customer %s: %s days overdue; %s", esc.customer.customer_id,
+                        esc.days_overdue, esc.recommendation)
+
+
+def recover(store: Store, report: Report) -> None:
+    for rid, message_id, customer_id in store.recover_interrupted():
+        report.interrupted.append(message_id)
+        log.warning("reminder %d %s to customer %s was being sent when Dunbot stopped; sending it again. If the "
+                    "server had accepted it just before, the customer gets it twice", rid, message_id, customer_id)
+
+
+class _Breaker:
+    """Stops a pass when the server keeps failing, instead of burning every reminder's attempts."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.failures = limit, 0
+
+    def success(self) -> None:
+        self.failures = 0
+
+    def failure(self) -> bool:
+        self.failures += 1
+        return self.failures >= self.limit
+
+
+async def deliver(store: Store, transport: Transport, clock: Callable[[], datetime], retry: Retry, report: Report,
+                  *, workers: int = 1, stop: asyncio.Event | None = None, retry_for: float = 0.0) -> Report:
+    """Send every due reminder; with `retry_for` > 0, keep retrying temporary failures for that many seconds."""
+    recover(store, report)
+    deadline = clock() + timedelta(seconds=retry_for)
+    breaker = _Breaker(max(3, 2 * workers))
+    stop = stop or asyncio.Event()
+    while True:
+        due = store.due(clock())
+        if due:
+            await _send_all(due, store, transport, clock, retry, report, workers, breaker, stop)
+        if report.aborted or stop.is_set():
+            break
+        next_at = store.next_retry()
+        if next_at is None or next_at > deadline:
+            break
+        await _sleep_until(next_at, clock, stop)
+    report.retrying = store.counts().get("queued", 0)
+    return report
+
+
+async def _sleep_until(when: datetime, clock: Callable[[], datetime], stop: asyncio.Event) -> None:
+    seconds = max((when - clock()).total_seconds(), 0.01)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def _send_all(due: Iterable[Outgoing], store: Store, transport: Transport, clock: Callable[[], datetime],
+                    retry: Retry, report: Report, workers: int, breaker: _Breaker, stop: asyncio.Event) -> None:
+    queue: asyncio.Queue[Outgoing] = asyncio.Queue()
+    for item in due:
+        queue.put_nowait(item)
+
+    async def worker() -> None:
+        while not queue.empty() and not report.aborted and not stop.is_set():
+            item = queue.get_nowait()
+            await _send_one(item, store, transport, clock, retry, report, breaker)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, workers))))
+
+
+async def _send_one(item: Outgoing, store: Store, transport: Transport, clock: Callable[[], datetime],
+                    retry: Retry, report: Report, breaker: _Breaker) -> None:
+    try:
+        store.mark_sending(item.id)
+    except StoreError as exc:
+        _abort(report, f"the store cannot record sends, so nothing more is sent: {exc}")
+        return
+    envelope = Envelope(item.sender, item.recipients, item.raw, item.message_id)
+    try:
+        accepted = await transport.send(envelope)
+    except TemporaryFailure as exc:
+        error = str(exc)
+        _record(report, lambda: _retry_or_give_up(store, item, item.attempts + 1, retry, clock(), error, report))
+        if breaker.failure():
+            _abort(report, f"the mail server keeps failing ({error}); the rest waits for the next pass")
+        return
+    except PermanentFailure as exc:
+        refused, error = exc.recipients or item.recipients, str(exc)
+        _record(report, lambda: _refused(store, item, refused, error, clock(), report))
+        return
+    except ConfigurationFailure as exc:
+        error = str(exc)
+        _abort(report, f"sending is misconfigured, nothing more is sent until it is fixed: {error}")
+        _record(report, lambda: store.mark_retry(item.id, clock(), error))
+        return
+    breaker.success()
+    report.sent += 1
+    log.info("sent reminder %s to customer %s (invoices %s)", item.message_id, item.customer_id,
+             ", ".join(item.invoice_ids))
+
+    def sent() -> None:
+        store.mark_sent(item.id, clock(), accepted.server_reply)
+        for address, reply in accepted.refused.items():
+            report.refused.append(address)
+            store.mark_contact_invalid(address, f"refused by the server: {reply}", clock())
+    _record(report, sent)
+
+
+def _refused(store: Store, item: Outgoing, refused: tuple[str, ...], error: str, now: datetime,
+             report: Report) -> None:
+    report.failed += 1
+    report.refused.extend(refused)
+    log.error("reminder %s to customer %s refused for good: %s", item.message_id, item.customer_id, error)
+    store.mark_failed(item.id, error)
+    for address in refused:
+        store.mark_contact_invalid(address, f"refused by the server: {error}", now)
+
+
+def _abort(report: Report, reason: str) -> None:
+    if not report.aborted:
+        report.aborted = reason
+        log.error("%s", reason)
+
+
+def _retry_or_give_up(store: Store, item: Outgoing, attempts: int, retry: Retry, now: datetime, error: str,
+                      report: Report) -> None:
+    if attempts >= retry.max_attempts:
+        store.mark_failed(item.id, f"gave up after {attempts} attempts: {error}")
+        report.failed += 1
+        log.error("gave up on reminder %s to customer %s after %d attempts: %s", item.message_id,
+                  item.customer_id, attempts, error)
+    else:
+        at = now + retry.delay(attempts)
+        store.mark_retry(item.id, at, error)
+        log.warning("reminder %s to customer %s will be retried at %s: %s", item.message_id, item.customer_id,
+                    at.isoformat(timespec="seconds"), error)
+
+
+def _record(report: Report, action: Callable[[], None]) -> None:
+    try:
+        action()
+    except StoreError as exc:
+        _abort(report, f"the store cannot record sends, so nothing more is sent: {exc}")

@@ -261,7 +261,7 @@ def send_command(settings: Settings, now_text: str | None, dry_run: bool, retry_
         _error("error", message)
     if report.aborted:
         _error("stopped", report.aborted)
-    problems = ledger.problems or report.errors or report.aborted or report.failed
+    problems = ledger.problems or report.errors or report.aborted or report.failed or report.retrying
     sys.exit(PROBLEMS if problems else OK)
 
 

@@ -81,8 +81,9 @@ def cancel_stale(store: Store, open_invoices: Mapping[str, Invoice], report: Rep
         stale = [inv for inv, balance in balances.items()
                  if inv not in open_invoices or str(open_invoices[inv].balance) != balance]
         if stale:
-            store.cancel(rid, f"ledger changed for {', '.join(sorted(stale))} since it was queued")
-            log.info("withdrew queued reminder %d: invoices %s paid, changed or gone", rid, ", ".join(sorted(stale)))
+            store.withdraw(rid)
+            log.warning("withdrew unsent reminder %d: invoices %s were paid, changed or left the ledger since it was "
+                        "queued", rid, ", ".join(sorted(stale)))
             report.cancelled += 1
 
 
@@ -153,7 +154,7 @@ async def deliver(store: Store, transport: Transport, clock: Callable[[], dateti
     """Send every due reminder; with `retry_for` > 0, keep retrying temporary failures for that many seconds."""
     recover(store, report)
     deadline = clock() + timedelta(seconds=retry_for)
-    breaker = _Breaker(max(3, 2 * workers))
+    breaker = _Breaker(workers + 2)
     stop = stop or asyncio.Event()
     while True:
         due = store.due(clock())

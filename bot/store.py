@@ -103,7 +103,7 @@ escalations = sa.Table(
     sa.Column("resolved_at", UTCDateTime, nullable=True),
 )
 
-QUEUED, SENDING, SENT, FAILED, CANCELLED = "queued", "sending", "sent", "failed", "cancelled"
+QUEUED, SENDING, SENT, FAILED = "queued", "sending", "sent", "failed"
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -200,8 +200,7 @@ class Store:
         return {k: frozenset(v) for k, v in result.items()}
 
     def last_sent(self) -> dict[str, datetime]:
-        q = (sa.select(reminders.c.customer_id, sa.func.max(reminders.c.created_at))
-             .where(reminders.c.status != CANCELLED).group_by(reminders.c.customer_id))
+        q = sa.select(reminders.c.customer_id, sa.func.max(reminders.c.created_at)).group_by(reminders.c.customer_id)
         with self._tx() as c:
             return {cid: _utc(at) for cid, at in c.execute(q)}
 
@@ -333,12 +332,11 @@ class Store:
             c.execute(reminders.update().where(reminders.c.id == rid).values(
                 status=FAILED, last_error=error[:1000], next_attempt_at=None))
 
-    def cancel(self, rid: int, reason: str) -> None:
-        """Withdraw a queued reminder (its invoices were paid); its stages become free to plan again."""
+    def withdraw(self, rid: int) -> None:
+        """Delete a reminder that was never sent (its invoices changed): its stages and Message-ID become free."""
         with self._tx() as c:
-            c.execute(reminders.update().where(reminders.c.id == rid).values(
-                status=CANCELLED, last_error=reason[:1000], next_attempt_at=None))
             c.execute(reminder_invoices.delete().where(reminder_invoices.c.reminder_id == rid))
+            c.execute(reminders.delete().where(reminders.c.id == rid).where(reminders.c.status.in_((QUEUED, SENDING))))
 
     def mark_contact_invalid(self, address: str, reason: str, now: datetime) -> None:
         address = address.lower()

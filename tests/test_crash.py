@@ -24,7 +24,7 @@ from bot.store import Store
 
 pytestmark = [pytest.mark.mail, pytest.mark.slow]
 REMINDERS = 300
-KILLS = 12
+KILLS = 8
 RESENT = re.compile(r"reminder \d+ (<dunbot\.[0-9a-f]+@[^>]+>) to customer \S+ was being sent when Dunbot stopped")
 
 
@@ -43,20 +43,23 @@ def test_kill_nine_during_a_pass_loses_and_repeats_nothing(clean_mailstack: Mail
         for i in range(REMINDERS)
     ])
     smtp = (f'host = "{clean_mailstack.host}"\nport = {clean_mailstack.smtp_port}\nsecurity = "none"\n'
-            "connections = 4\nrate_per_minute = 1800\nbackoff_initial = 0.5\nbackoff_max = 2\n")
+            "connections = 4\nrate_per_minute = 1200\nbackoff_initial = 0.5\nbackoff_max = 2\n")
     config = write_config(tmp_path, ledger, smtp=smtp)
     log = tmp_path / "send.log"
     url = f"sqlite:///{tmp_path / 'var' / 'dunbot.db'}"
-    mid_pass = 0
-    for _ in range(KILLS):
+    mid_pass = kills = 0
+    while mid_pass < KILLS and kills < 4 * KILLS:
         process = start_send(config, log)
-        time.sleep(rng.uniform(0.8, 4.0))
+        time.sleep(rng.uniform(1.0, 3.0))
         process.send_signal(signal.SIGKILL)
         process.wait(10)
+        kills += 1
         if Path(url[len("sqlite:///"):]).exists():
-            counts = Store.open(url).counts()
-            mid_pass += 0 < counts.get("sent", 0) < REMINDERS
-    assert mid_pass >= 3, f"seed {seed}: only {mid_pass} kills landed mid-pass; the test proves nothing"
+            sent = Store.open(url).counts().get("sent", 0)
+            mid_pass += 0 < sent < REMINDERS
+            if sent == REMINDERS:
+                break
+    assert mid_pass >= KILLS // 2, f"seed {seed}: only {mid_pass} kills landed mid-pass; the test proves nothing"
     final = start_send(config, log)
     assert final.wait(120) == 0, f"seed {seed}:\n{log.read_text()[-3000:]}"
 
@@ -70,6 +73,6 @@ def test_kill_nine_during_a_pass_loses_and_repeats_nothing(clean_mailstack: Mail
     assert set(delivered) == expected, f"seed {seed}: lost {expected - set(delivered)}"
     twice = {mid for mid, n in delivered.items() if n > 1}
     assert twice <= logged_window, f"seed {seed}: duplicates outside the logged window: {twice - logged_window}"
-    assert all(n <= 1 + KILLS for n in delivered.values())
-    print(f"seed {seed}: {mid_pass} kills mid-pass, {len(logged_window)} reminders in the logged window, "
+    assert all(n <= 1 + kills for n in delivered.values())
+    print(f"seed {seed}: {kills} kills, {mid_pass} mid-pass, {len(logged_window)} reminders in the logged window, "
           f"{len(twice)} of them delivered twice")

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot import outbox
+from bot import dunning, outbox
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError, DunbotError, LedgerError
 from bot.ledger import Invoice, Ledger, read_ledger
@@ -40,6 +40,7 @@ from bot.policy import (
 from bot.store import Store
 from bot.templates import Templates, check
 from bot.transports import MaildirTransport, SmtpTransport, Transport
+from bot.triage import classification_json, classify, evaluate
 
 OK, PROBLEMS, USAGE = 0, 1, 2
 PROGRESS_ROWS = 200_000
@@ -118,8 +119,8 @@ def _open_store(settings: Settings) -> Store:
     return Store.open(settings.store_url)
 
 
-def _plan(settings: Settings, now: datetime, ledger: Ledger, store: Store | None) -> Plan:
-    history = outbox.load_history(store) if store is not None else outbox.History()
+def _plan(settings: Settings, now: datetime, ledger: Ledger, store: Store) -> Plan:
+    history = dunning.load_history(store, now)
     if len(ledger.open_invoices) < PROGRESS_ROWS or not err.is_terminal:
         return plan(ledger.open_invoices, history, now, settings)
     with Progress(TextColumn("planning"), BarColumn(), TimeElapsedColumn(), console=err, transient=True) as p:
@@ -248,10 +249,7 @@ def send_command(settings: Settings, now_text: str | None, dry_run: bool, retry_
         sys.exit(PROBLEMS if ledger.problems or report.errors else OK)
     store = _open_store(settings)
     try:
-        outbox.cancel_stale(store, {i.invoice_id: i for i in ledger.open_invoices}, report)
-        result = _plan(settings, now, ledger, store)
-        outbox.enqueue(result, store, templates, settings, report)
-        asyncio.run(_deliver(settings, store, now, report, retry_for))
+        result, report = asyncio.run(_send(settings, store, ledger, templates, now, retry_for))
     finally:
         store.close()
     click.echo(f"queued {report.queued}, sent {report.sent}, failed {report.failed}, waiting for retry "
@@ -265,17 +263,19 @@ def send_command(settings: Settings, now_text: str | None, dry_run: bool, retry_
     sys.exit(PROBLEMS if problems else OK)
 
 
-async def _deliver(settings: Settings, store: Store, now: datetime, report: outbox.Report, retry_for: float) -> None:
-    transport, workers = make_transport(settings)
+def clock_from(now: datetime) -> Callable[[], datetime]:
+    """A clock that starts at `now` (perhaps given with --now) and moves with real time."""
     started = time.monotonic()
+    return lambda: now + timedelta(seconds=time.monotonic() - started)
 
-    def clock() -> datetime:
-        return now + timedelta(seconds=time.monotonic() - started)
 
+async def _send(settings: Settings, store: Store, ledger: Ledger, templates: Templates, now: datetime,
+                retry_for: float) -> tuple[Plan, outbox.Report]:
+    transport, workers = make_transport(settings)
     await transport.open()
     try:
-        await outbox.deliver(store, transport, clock, outbox.Retry.from_settings(settings), report,
-                             workers=workers, retry_for=retry_for)
+        return await dunning.send_pass(store, ledger.open_invoices, transport, workers, clock_from(now), settings,
+                                       templates, retry_for=retry_for)
     finally:
         await transport.close()
 
@@ -364,3 +364,52 @@ def ledger_check(settings: Settings) -> None:
     click.echo(f"{ledger.rows} rows: {len(ledger.open_invoices)} open, {ledger.paid} paid, "
                f"{len(ledger.problems)} bad")
     sys.exit(PROBLEMS if ledger.problems else OK)
+
+
+@main.group("triage")
+def triage_group() -> None:
+    """Read replies offline: classify messages, or score the classifier on a labelled folder."""
+
+
+def _optional_settings(path: Path) -> Settings | None:
+    """The triage commands work without a config file (defaults), but honour one when it is there."""
+    if not path.exists():
+        return None
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        _error("error", exc)
+        sys.exit(USAGE)
+
+
+@triage_group.command("classify")
+@click.option("--config", "config_path", default="config.toml", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The configuration file (optional here).")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line per file.")
+def triage_classify(config_path: Path, files: tuple[Path, ...], as_json: bool) -> None:
+    """Classify .eml files, changing nothing."""
+    settings = _optional_settings(config_path)
+    languages = settings.languages if settings else ("en", "es")
+    domains = frozenset({settings.company.message_id_domain} if settings else ())
+    for path in files:
+        c = classify(path.read_bytes(), languages=languages, our_domains=domains)
+        record = classification_json(c, str(path))
+        if as_json:
+            click.echo(json.dumps(record, ensure_ascii=False))
+        else:
+            extra = f" promised {record['promised_date']}" if record["promised_date"] else ""
+            click.echo(f"{path}: {c.intent} ({c.confidence:.2f}, {c.language}){extra}"
+                       f"{' -> a person' if c.escalate else ''}; evidence: {'; '.join(c.evidence) or '-'}")
+
+
+@triage_group.command("eval")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def triage_eval(folder: Path) -> None:
+    """Score the classifier on a folder of .eml files with labels*.jsonl: precision, recall, macro-F1."""
+    try:
+        report = evaluate(folder)
+    except (OSError, ValueError) as exc:
+        _error("error", f"{folder}: {exc}")
+        sys.exit(USAGE)
+    click.echo(report.format())

@@ -156,6 +156,44 @@ class TransportSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ImapSettings:
+    host: str
+    port: int
+    security: Literal["tls", "starttls", "none"]
+    username: str
+    password: Secret | None
+    oauth_token: Secret | None
+    verify: bool
+    ca_file: Path | None
+    timeout: float
+    idle_seconds: float
+    poll_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class InboxSettings:
+    """Where replies arrive, and the folders handled messages are moved to."""
+
+    kind: Literal["maildir", "imap"]
+    maildir: Path | None
+    imap: ImapSettings | None
+    folder: str
+    handled_folder: str
+    human_folder: str
+    max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class TriageSettings:
+    """How the bot acts on what a reply says."""
+
+    payment_pause_days: int
+    promise_grace_days: int
+    broken_promises_to_escalate: int
+    min_confidence: float
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     source: Path
     company: Company
@@ -165,6 +203,8 @@ class Settings:
     schedule: Schedule
     templates_dir: Path
     languages: tuple[str, ...]
+    inbox: InboxSettings
+    triage: TriageSettings
 
 
 class _Reader:
@@ -415,6 +455,62 @@ def _transport(r: _Reader) -> TransportSettings:
     return TransportSettings(kind="smtp", maildir=None, smtp=_smtp(r.table("smtp", required=True)))
 
 
+def _imap(r: _Reader) -> ImapSettings:
+    security = r.choice("security", ("tls", "starttls", "none"), "tls")
+    port = r.get("port", int, {"tls": 993, "starttls": 143, "none": 143}[security])
+    if not 0 < port < 65536:
+        raise r.fail("port", f"must be a TCP port, not {port}")
+    settings = ImapSettings(
+        host=r.get("host", str, required=True),
+        port=port,
+        security=security,  # type: ignore[arg-type]
+        username=r.get("username", str, required=True),
+        password=r.secret("password_env"),
+        oauth_token=r.secret("oauth_token_env"),
+        verify=r.get("verify", bool, True),
+        ca_file=r.path("ca_file") if "ca_file" in r.data else None,
+        timeout=r.get("timeout", float, 30.0),
+        idle_seconds=r.get("idle_seconds", float, 540.0),
+        poll_seconds=r.get("poll_seconds", float, 60.0),
+    )
+    if settings.password is None and settings.oauth_token is None:
+        raise r.fail("password_env", "or oauth_token_env must name the environment variable holding the secret")
+    if not 0 < settings.idle_seconds <= 1740:
+        raise r.fail("idle_seconds", "must be between 0 and 1740 (IDLE must be re-issued before 29 minutes)")
+    return settings
+
+
+def _inbox(r: _Reader) -> InboxSettings:
+    kind = r.choice("kind", ("maildir", "imap"), "maildir")
+    max_bytes = r.get("max_bytes", int, 10_000_000)
+    if max_bytes < 10_000:
+        raise r.fail("max_bytes", "must be at least 10000")
+    return InboxSettings(
+        kind=kind,  # type: ignore[arg-type]
+        maildir=r.path("maildir", "var/inbox") if kind == "maildir" else None,
+        imap=_imap(r.table("imap", required=True)) if kind == "imap" else None,
+        folder=r.get("folder", str, "INBOX"),
+        handled_folder=r.get("handled_folder", str, "Dunbot/Handled"),
+        human_folder=r.get("human_folder", str, "Dunbot/Needs human"),
+        max_bytes=max_bytes,
+    )
+
+
+def _triage(r: _Reader) -> TriageSettings:
+    settings = TriageSettings(
+        payment_pause_days=r.get("payment_pause_days", int, 10),
+        promise_grace_days=r.get("promise_grace_days", int, 3),
+        broken_promises_to_escalate=r.get("broken_promises_to_escalate", int, 2),
+        min_confidence=r.get("min_confidence", float, 0.6),
+    )
+    for name in ("payment_pause_days", "promise_grace_days", "broken_promises_to_escalate"):
+        if getattr(settings, name) < 0:
+            raise r.fail(name, "must be zero or more")
+    if not 0 <= settings.min_confidence <= 1:
+        raise r.fail("min_confidence", "must be between 0 and 1")
+    return settings
+
+
 def parse_settings(data: Mapping[str, Any], source: Path) -> Settings:
     """Validate a parsed config; `source` anchors relative paths and names the file in errors."""
     root = _Reader(data, "", source)
@@ -435,6 +531,8 @@ def parse_settings(data: Mapping[str, Any], source: Path) -> Settings:
         schedule=_schedule(root.table("schedule", required=True)),
         templates_dir=templates.path("dir", "templates"),
         languages=languages,
+        inbox=_inbox(root.table("inbox")),
+        triage=_triage(root.table("triage")),
     )
 
 

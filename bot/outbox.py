@@ -13,15 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bot.config import Settings
 from bot.errors import ConfigurationFailure, PermanentFailure, StoreError, TemplateError, TemporaryFailure
-from bot.ledger import Invoice
 from bot.messages import compose, recipients
-from bot.policy import History, Plan, Reminder
+from bot.policy import Plan, Reminder
 from bot.store import Outgoing, Queued, Store
 from bot.templates import Templates
 from bot.transports import Envelope, Transport
@@ -63,28 +62,6 @@ class Report:
     interrupted: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     aborted: str | None = None
-
-
-def load_history(store: Store) -> History:
-    return History(
-        stages_sent=store.stages_sent(),
-        last_sent=store.last_sent(),
-        thread=store.threads(),
-        invalid_contacts=store.invalid_contacts(),
-        escalated=store.escalated_customers(),
-    )
-
-
-def cancel_stale(store: Store, open_invoices: Mapping[str, Invoice], report: Report) -> None:
-    """Withdraw queued reminders whose invoices were paid, changed or left the ledger since queueing."""
-    for rid, balances in store.queued_balances().items():
-        stale = [inv for inv, balance in balances.items()
-                 if inv not in open_invoices or str(open_invoices[inv].balance) != balance]
-        if stale:
-            store.withdraw(rid)
-            log.warning("withdrew unsent reminder %d: invoices %s were paid, changed or left the ledger since it was "
-                        "queued", rid, ", ".join(sorted(stale)))
-            report.cancelled += 1
 
 
 def render(reminder: Reminder, templates: Templates, settings: Settings, now: datetime) -> Queued:

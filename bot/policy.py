@@ -12,6 +12,7 @@ The rules, in the order they are applied to each contact (a customer's address; 
   means only the latest due stage goes out, never a burst of the missed ones.
 - At `escalate_after` days overdue no more email: the customer waits for a person.
 - Held customers (escalated, paused, contact known invalid) get nothing.
+- A customer who broke a promise gets the next stage at once, not the one they were already at.
 - Never two reminders to a customer within `min_gap_days`.
 - Only inside the customer's send window: business hours and working days in their time zone,
   optionally not on their country's public holidays.
@@ -23,8 +24,10 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from functools import lru_cache
+from decimal import Decimal
+from functools import cache, lru_cache
 from importlib.resources import files
+from operator import attrgetter
 from zoneinfo import ZoneInfo
 
 import holidays as holidays_lib
@@ -32,7 +35,7 @@ from babel import Locale, UnknownLocaleError
 from babel.languages import get_official_languages
 
 from bot.config import Settings, Stage, Track
-from bot.ledger import Customer, Invoice
+from bot.ledger import Customer, Invoice, gc_paused
 
 AGENCY_RECOMMENDATION = (
     "Three months of our own reminders have not brought payment: hand the case to a third-party collection "
@@ -111,6 +114,7 @@ class History:
     holds: Mapping[str, Hold] = field(default_factory=dict)
     invalid_contacts: frozenset[str] = frozenset()
     escalated: frozenset[str] = frozenset()
+    bump: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -195,6 +199,12 @@ def _first_zones() -> dict[str, str]:
     return zones
 
 
+@cache
+def _zone(name: str) -> ZoneInfo:
+    """ZoneInfo's own cache holds only 8 zones strongly; a ledger has dozens, and each miss rereads the file."""
+    return ZoneInfo(name)
+
+
 @lru_cache(maxsize=256)
 def _holiday_calendar(country: str) -> holidays_lib.HolidayBase | None:
     try:
@@ -217,7 +227,7 @@ def is_sending_day(day: date, country: str, settings: Settings) -> bool:
 def next_window(now: datetime, timezone: str, country: str, settings: Settings) -> tuple[bool, datetime]:
     """Whether `now` is inside the customer's send window, and if not, when the next window opens."""
     window = settings.schedule.window
-    tz = ZoneInfo(timezone)
+    tz = _zone(timezone)
     local = now.astimezone(tz)
     if is_sending_day(local.date(), country, settings) and window.start <= local.time() < window.end:
         return True, now
@@ -245,36 +255,102 @@ def plan(invoices: Iterable[Invoice], history: History, now: datetime, settings:
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     result = Plan(now=now)
-    contacts: dict[tuple[str, str], list[Invoice]] = {}
-    for invoice in invoices:
-        if invoice.balance > 0:
-            key = (invoice.customer.customer_id, invoice.customer.contact_email.lower())
-            contacts.setdefault(key, []).append(invoice)
-    for group in contacts.values():
-        _plan_contact(group, history, now, settings, result)
+    with gc_paused():
+        moment = _Moment(now, settings)
+        groups = _contacts(invoices)
+        groups.reverse()
+        while groups:  # each group is freed as soon as it is planned, while its invoices are still in cache
+            _plan_contact(groups.pop(), history, now, settings, result, moment)
     return result
 
 
-def _plan_contact(group: list[Invoice], history: History, now: datetime, settings: Settings, out: Plan) -> None:
+_ZERO = Decimal(0)
+_DUE = attrgetter("due_date")
+# Most overdue first, then by invoice number: the order (-days overdue, id) without computing days.
+_BY_AGE = attrgetter("due_date", "invoice_id")
+
+
+def _contacts(invoices: Iterable[Invoice]) -> list[list[Invoice]]:
+    """Open invoices grouped by contact (customer id, address), contacts and invoices in ledger order.
+
+    The ledger shares one Customer object among a customer's rows, so grouping goes by object identity
+    (no key built and hashed per invoice); Customer objects that turn out to share a contact (the same
+    customer spelt two ways) are then regrouped in ledger order.
+    """
+    items = invoices if isinstance(invoices, list | tuple) else list(invoices)
+    by_object: dict[int, list[Invoice]] = {}
+    for invoice in items:
+        if invoice.balance > _ZERO:
+            group = by_object.get(id(invoice.customer))
+            if group is None:
+                by_object[id(invoice.customer)] = [invoice]
+            else:
+                group.append(invoice)
+    contacts: dict[tuple[str, str], list[Invoice]] = {}
+    shared: set[tuple[str, str]] = set()
+    for group in by_object.values():
+        customer = group[0].customer
+        key = (customer.customer_id, customer.contact_email.lower())
+        if key in contacts:
+            shared.add(key)
+        else:
+            contacts[key] = group
+    if shared:
+        for key in shared:
+            contacts[key] = []
+        for invoice in items:
+            if invoice.balance > _ZERO:
+                key = (invoice.customer.customer_id, invoice.customer.contact_email.lower())
+                if key in shared:
+                    contacts[key].append(invoice)
+    return list(contacts.values())
+
+
+class _Moment:
+    """What depends only on `now` and a zone or country, worked out once per plan instead of once per contact."""
+
+    def __init__(self, now: datetime, settings: Settings) -> None:
+        self.now, self.settings = now, settings
+        self.dates: dict[str, date] = {}
+        self.cutoffs: dict[tuple[date, int], date] = {}
+        self.windows: dict[tuple[str, str], tuple[bool, datetime]] = {}
+
+    def today(self, timezone: str) -> date:
+        today = self.dates.get(timezone)
+        if today is None:
+            today = self.dates[timezone] = self.now.astimezone(_zone(timezone)).date()
+        return today
+
+    def cutoff(self, today: date, offset: int) -> date:
+        """The latest due date that is `offset` days overdue (or more) on `today`."""
+        cutoff = self.cutoffs.get((today, offset))
+        if cutoff is None:
+            cutoff = self.cutoffs[today, offset] = today - timedelta(days=offset)
+        return cutoff
+
+    def window(self, timezone: str, country: str) -> tuple[bool, datetime]:
+        window = self.windows.get((timezone, country))
+        if window is None:
+            window = self.windows[timezone, country] = next_window(self.now, timezone, country, self.settings)
+        return window
+
+
+def _plan_contact(group: list[Invoice], history: History, now: datetime, settings: Settings, out: Plan,
+                  moment: _Moment) -> None:
     customer = group[0].customer
     cid = customer.customer_id
     track = track_for(customer, settings)
     tz_name = timezone_for(customer, settings)
-    today = now.astimezone(ZoneInfo(tz_name)).date()
-    lines = []
-    oldest = None
-    for invoice in group:
-        days = (today - invoice.due_date).days
-        if days >= track.stages[0].offset:
-            lines.append(Line(invoice, days))
-            if oldest is None or days > oldest:
-                oldest = days
-    if oldest is None:
+    today = moment.today(tz_name)
+    cutoff = moment.cutoff(today, track.stages[0].offset)
+    riding = [invoice for invoice in group if invoice.due_date <= cutoff]
+    if not riding:
         return
-    lines.sort(key=lambda line: (-line.days_overdue, line.invoice.invoice_id))
+    oldest = (today - min(map(_DUE, riding))).days
     if oldest >= track.escalate_after:
         if cid not in history.escalated:
-            out.escalations.append(Escalation(customer, "age", oldest, tuple(ln.invoice.invoice_id for ln in lines),
+            riding.sort(key=_BY_AGE)
+            out.escalations.append(Escalation(customer, "age", oldest, tuple(i.invoice_id for i in riding),
                                               AGENCY_RECOMMENDATION))
         out.held.append((customer, f"{oldest} days overdue: waiting for a person"))
         return
@@ -291,19 +367,25 @@ def _plan_contact(group: list[Invoice], history: History, now: datetime, setting
     stage = current_stage(track, oldest)
     assert stage is not None
     sent = history.stages_sent
-    if any(stage.name in sent.get(line.invoice.invoice_id, ()) for line in lines):
+    if cid in history.bump:
+        reached = max((track.rank(name) for invoice in riding for name in sent.get(invoice.invoice_id, ())),
+                      default=-1)
+        stage = track.stages[min(max(reached + 1, track.rank(stage.name)), len(track.stages) - 1)]
+    if sent and any(stage.name in sent.get(invoice.invoice_id, ()) for invoice in riding):
         return
     last = history.last_sent.get(cid)
     if last is not None and now - last < timedelta(days=settings.schedule.min_gap_days):
         gap_end = last + timedelta(days=settings.schedule.min_gap_days)
         out.waiting.append(Waiting(customer, stage.name, "minimum gap since the last reminder", gap_end))
         return
-    open_now, opens = next_window(now, tz_name, customer.country, settings)
+    open_now, opens = moment.window(tz_name, customer.country)
     if not open_now:
         out.waiting.append(Waiting(customer, stage.name, "outside the customer's send window", opens))
         return
+    riding.sort(key=_BY_AGE)
+    lines = tuple(Line(invoice, (today - invoice.due_date).days) for invoice in riding)
     language = language_for(customer, settings)
-    invoice_ids = tuple(line.invoice.invoice_id for line in lines)
+    invoice_ids = tuple(invoice.invoice_id for invoice in riding)
     thread = history.thread.get(cid, ())
     cc = tuple(a for a in customer.cc_emails if a.lower() not in history.invalid_contacts) if stage.cc else ()
     out.reminders.append(Reminder(
@@ -313,7 +395,7 @@ def _plan_contact(group: list[Invoice], history: History, now: datetime, setting
         language=language,
         locale=locale_for(language, customer.country),
         timezone=tz_name,
-        lines=tuple(lines),
+        lines=lines,
         to=customer.contact_email,
         cc=cc,
         local_date=today,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -101,6 +101,59 @@ escalations = sa.Table(
     sa.Column("recommendation", sa.Text, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("resolved_at", UTCDateTime, nullable=True),
+    sa.Column("reply_id", sa.Integer, nullable=True),
+)
+
+replies = sa.Table(
+    "replies", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("message_id", sa.String(998), nullable=False, unique=True),
+    sa.Column("customer_id", sa.String(64), nullable=True, index=True),
+    sa.Column("matched_by", sa.String(16), nullable=True),
+    sa.Column("sender", sa.String(320), nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("sent_at", UTCDateTime, nullable=True),
+    sa.Column("raw", sa.LargeBinary, nullable=False),
+    sa.Column("language", sa.String(8), nullable=False),
+    sa.Column("intent", sa.String(20), nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("escalate", sa.Boolean, nullable=False),
+    sa.Column("classification", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+holds = sa.Table(
+    "holds", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("customer_id", sa.String(64), nullable=False, index=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("until", UTCDateTime, nullable=False),
+    sa.Column("amount", sa.String(40), nullable=True),
+    sa.Column("reply_id", sa.Integer, sa.ForeignKey("replies.id"), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Column("outcome", sa.String(16), nullable=True),
+)
+
+flags = sa.Table(
+    "flags", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("customer_id", sa.String(64), nullable=False, index=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("reply_id", sa.Integer, sa.ForeignKey("replies.id"), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("done_at", UTCDateTime, nullable=True),
+)
+
+inbox_state = sa.Table(
+    "inbox_state", metadata,
+    sa.Column("folder", sa.String(255), primary_key=True),
+    sa.Column("uidvalidity", sa.BigInteger, nullable=False),
+    sa.Column("last_uid", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
 QUEUED, SENDING, SENT, FAILED = "queued", "sending", "sent", "failed"
@@ -359,6 +412,100 @@ class Store:
                 customer_id=customer_id, reason=reason, detail=detail, invoice_ids=json.dumps(list(invoice_ids)),
                 recommendation=recommendation, created_at=now))
         return True
+
+    # The inbox.
+
+    def inbox_position(self, folder: str) -> tuple[int, int] | None:
+        """(UIDVALIDITY, last UID handled) for a folder, so a restart neither misses nor repeats a message."""
+        with self._tx() as c:
+            found = c.execute(sa.select(inbox_state.c.uidvalidity, inbox_state.c.last_uid)
+                              .where(inbox_state.c.folder == folder)).first()
+        return (int(found[0]), int(found[1])) if found else None
+
+    def set_inbox_position(self, folder: str, uidvalidity: int, last_uid: int, now: datetime) -> None:
+        with self._tx() as c:
+            updated = c.execute(inbox_state.update().where(inbox_state.c.folder == folder).values(
+                uidvalidity=uidvalidity, last_uid=last_uid, updated_at=now)).rowcount
+            if not updated:
+                c.execute(inbox_state.insert().values(folder=folder, uidvalidity=uidvalidity, last_uid=last_uid,
+                                                      updated_at=now))
+
+    def reply_seen(self, message_id: str) -> bool:
+        with self._tx() as c:
+            return c.execute(sa.select(replies.c.id).where(replies.c.message_id == message_id)).first() is not None
+
+    # Replies, and what the bot decided about them.
+
+    def directory_rows(self) -> list[tuple[str, str, str, str, str]]:
+        """(message_id, customer_id, recipients JSON, language, invoice_id) for every reminder sent or queued."""
+        q = (sa.select(reminders.c.message_id, reminders.c.customer_id, reminders.c.recipients, reminders.c.language,
+                       reminder_invoices.c.invoice_id)
+             .join(reminder_invoices, reminder_invoices.c.reminder_id == reminders.c.id)
+             .order_by(reminders.c.id))
+        with self._tx() as c:
+            return [tuple(r) for r in c.execute(q)]  # type: ignore[misc]
+
+    def record_reply(self, reply: Mapping[str, Any], *, hold: Mapping[str, Any] | None,
+                     escalation: Mapping[str, Any] | None, flag: Mapping[str, Any] | None,
+                     invalid_contacts: Iterable[str], now: datetime) -> int | None:
+        """Record a reply and everything decided about it in one transaction; None if it was recorded before."""
+        try:
+            with self._tx() as c:
+                rid = c.execute(replies.insert().values(**reply, created_at=now)).inserted_primary_key[0]
+                customer_id = reply["customer_id"]
+                if hold is not None:
+                    c.execute(holds.insert().values(**hold, customer_id=customer_id, reply_id=rid, created_at=now))
+                if flag is not None:
+                    c.execute(flags.insert().values(**flag, customer_id=customer_id, reply_id=rid, created_at=now))
+                if escalation is not None and not c.execute(
+                        sa.select(escalations.c.id).where(escalations.c.customer_id == customer_id)
+                        .where(escalations.c.resolved_at.is_(None))).first():
+                    c.execute(escalations.insert().values(**escalation, customer_id=customer_id, reply_id=rid,
+                                                          created_at=now))
+                for address in invalid_contacts:
+                    address = address.lower()
+                    c.execute(contacts.delete().where(contacts.c.address == address))
+                    c.execute(contacts.insert().values(address=address, status="invalid",
+                                                       reason=f"reply {reply['message_id']}", updated_at=now))
+        except IntegrityError:
+            return None
+        return int(rid)
+
+    def active_holds(self, now: datetime) -> list[dict[str, Any]]:
+        with self._tx() as c:
+            return [dict(r._mapping) for r in c.execute(
+                sa.select(holds).where(holds.c.ended_at.is_(None)).where(holds.c.until > now).order_by(holds.c.id))]
+
+    def expired_holds(self, now: datetime) -> list[dict[str, Any]]:
+        with self._tx() as c:
+            return [dict(r._mapping) for r in c.execute(
+                sa.select(holds).where(holds.c.ended_at.is_(None)).where(holds.c.until <= now).order_by(holds.c.id))]
+
+    def end_hold(self, hold_id: int, outcome: str, now: datetime) -> None:
+        with self._tx() as c:
+            c.execute(holds.update().where(holds.c.id == hold_id).values(ended_at=now, outcome=outcome))
+
+    def broken_promises(self) -> dict[str, list[datetime]]:
+        """For each customer, when each broken promise was found broken, oldest first."""
+        q = (sa.select(holds.c.customer_id, holds.c.ended_at).where(holds.c.kind == "promise")
+             .where(holds.c.outcome == "broken").order_by(holds.c.ended_at))
+        result: dict[str, list[datetime]] = {}
+        with self._tx() as c:
+            for cid, at in c.execute(q):
+                result.setdefault(cid, []).append(_utc(at))
+        return result
+
+    def replies_for(self, customer_id: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(replies).order_by(replies.c.id)
+        if customer_id is not None:
+            q = q.where(replies.c.customer_id == customer_id)
+        with self._tx() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
+
+    def open_flags(self) -> list[dict[str, Any]]:
+        with self._tx() as c:
+            return [dict(r._mapping) for r in c.execute(sa.select(flags).where(flags.c.done_at.is_(None))
+                                                        .order_by(flags.c.id))]
 
     def reminders_for(self, customer_id: str | None = None) -> list[dict[str, Any]]:
         q = sa.select(reminders).order_by(reminders.c.id)

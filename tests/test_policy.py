@@ -277,3 +277,15 @@ def test_final_notice_deadline(settings: Settings) -> None:
 def test_now_must_be_aware(settings: Settings) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         plan([], History(), datetime(2026, 11, 24, 10), settings)
+
+
+def test_a_broken_promise_moves_to_the_next_stage_at_once(settings: Settings) -> None:
+    inv = invoice("I1", TUESDAY - timedelta(days=9))  # "second" by its days, and "second" was sent
+    history = History(stages_sent={"I1": frozenset({"first", "second"})},
+                      last_sent={"C1": at(TUESDAY) - timedelta(days=5)})
+    assert plan([inv], history, at(TUESDAY), settings).reminders == []
+    history.bump = frozenset({"C1"})
+    assert [r.stage.name for r in plan([inv], history, at(TUESDAY), settings).reminders] == ["third"]
+    at_the_top = History(stages_sent={"I1": frozenset({"final"})}, bump=frozenset({"C1"}))
+    late = invoice("I1", TUESDAY - timedelta(days=70))
+    assert plan([late], at_the_top, at(TUESDAY), settings).reminders == []

@@ -1,0 +1,95 @@
+"""One dunning pass: what the store knows plus what the ledger says, turned into reminders sent.
+
+The order matters: holds that ran out are reviewed first (a broken promise moves the customer up a
+stage), reminders still queued for invoices that changed are withdrawn, and only then is the plan
+made, recorded and delivered. The command line and the daemon both run exactly this.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+from bot import outbox
+from bot.cases import SUGGESTED_STEPS
+from bot.config import Settings
+from bot.ledger import Invoice
+from bot.policy import History, Hold, Plan, plan
+from bot.store import Store
+from bot.templates import Templates
+from bot.transports import Transport
+
+log = logging.getLogger(__name__)
+
+
+def load_history(store: Store, now: datetime) -> History:
+    last_sent = store.last_sent()
+    holds: dict[str, Hold] = {}
+    for row in store.active_holds(now):
+        current = holds.get(row["customer_id"])
+        if current is None or current.until is None or row["until"] > current.until:
+            holds[row["customer_id"]] = Hold(row["reason"], row["until"])
+    bump = frozenset(cid for cid, broken in store.broken_promises().items()
+                     if cid not in last_sent or broken[-1] > last_sent[cid])
+    return History(
+        stages_sent=store.stages_sent(),
+        last_sent=last_sent,
+        thread=store.threads(),
+        holds=holds,
+        invalid_contacts=store.invalid_contacts(),
+        escalated=store.escalated_customers(),
+        bump=bump,
+    )
+
+
+def review_holds(store: Store, open_invoices: Mapping[str, Invoice], now: datetime, settings: Settings) -> None:
+    """End the holds whose time is up: a promise still unpaid is broken, and enough broken promises escalate."""
+    owing = {invoice.customer.customer_id for invoice in open_invoices.values()}
+    for hold in store.expired_holds(now):
+        cid = hold["customer_id"]
+        if cid not in owing:
+            outcome = "kept" if hold["kind"] == "promise" else "paid"
+        else:
+            outcome = "broken" if hold["kind"] == "promise" else "resumed"
+        store.end_hold(hold["id"], outcome, now)
+        log.info("hold %d on customer %s (%s) ended: %s", hold["id"], cid, hold["reason"], outcome)
+        if outcome != "broken":
+            continue
+        broken = len(store.broken_promises().get(cid, []))
+        if broken >= settings.triage.broken_promises_to_escalate and store.escalate(
+                cid, "broken_promises", f"{broken} broken promises to pay", [], SUGGESTED_STEPS["broken_promises"],
+                now):
+            log.warning("escalated customer %s: %d broken promises", cid, broken)
+
+
+def cancel_stale(store: Store, open_invoices: Mapping[str, Invoice], report: outbox.Report) -> None:
+    """Withdraw queued reminders whose invoices were paid, changed or left the ledger since queueing."""
+    for rid, balances in store.queued_balances().items():
+        stale = sorted(inv for inv, balance in balances.items()
+                       if inv not in open_invoices or str(open_invoices[inv].balance) != balance)
+        if stale:
+            store.withdraw(rid)
+            log.warning("withdrew unsent reminder %d: invoices %s were paid, changed or left the ledger since it was "
+                        "queued", rid, ", ".join(stale))
+            report.cancelled += 1
+
+
+def prepare(store: Store, invoices: list[Invoice], now: datetime, settings: Settings,
+            report: outbox.Report) -> Plan:
+    """Review holds, withdraw stale reminders and plan: everything before rendering."""
+    by_id = {invoice.invoice_id: invoice for invoice in invoices}
+    review_holds(store, by_id, now, settings)
+    cancel_stale(store, by_id, report)
+    return plan(invoices, load_history(store, now), now, settings)
+
+
+async def send_pass(store: Store, invoices: list[Invoice], transport: Transport, workers: int,
+                    clock: Callable[[], datetime], settings: Settings, templates: Templates,
+                    *, retry_for: float = 0.0) -> tuple[Plan, outbox.Report]:
+    report = outbox.Report()
+    result = prepare(store, invoices, clock(), settings, report)
+    outbox.enqueue(result, store, templates, settings, report)
+    await outbox.deliver(store, transport, clock, outbox.Retry.from_settings(settings), report, workers=workers,
+                         retry_for=retry_for)
+    return result, report

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +24,9 @@ from rich.table import Table
 from bot import dunning, outbox
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError, DunbotError, LedgerError
+from bot.inbox import Processor, Tally
 from bot.ledger import Invoice, Ledger, read_ledger
+from bot.mailboxes import ImapMailbox, MaildirMailbox, Watcher
 from bot.messages import compose
 from bot.policy import (
     Line,
@@ -413,3 +416,76 @@ def triage_eval(folder: Path) -> None:
         _error("error", f"{folder}: {exc}")
         sys.exit(USAGE)
     click.echo(report.format())
+
+
+@main.group("inbox")
+def inbox_group() -> None:
+    """Read the replies in the inbox and act on them."""
+
+
+def make_watcher(settings: Settings, store: Store, clock: Callable[[], datetime]) -> Watcher:
+    inbox = settings.inbox
+    if inbox.kind == "imap":
+        imap = inbox.imap
+        assert imap is not None
+        return Watcher(lambda: ImapMailbox(imap, inbox.folder, inbox.max_bytes), store, inbox.folder, clock,
+                       idle_seconds=imap.idle_seconds)
+    maildir = inbox.maildir
+    assert maildir is not None
+    return Watcher(lambda: MaildirMailbox(maildir, inbox.folder, inbox.max_bytes), store, inbox.folder, clock)
+
+
+def _print_tally(tally: Tally) -> None:
+    intents = ", ".join(f"{k} {v}" for k, v in sorted(tally.by_intent.items())) or "none"
+    click.echo(f"handled {tally.handled}, for a person {tally.human}, unmatched (left in the inbox) "
+               f"{tally.unmatched}, seen before {tally.repeated}; intents: {intents}")
+
+
+@inbox_group.command("poll")
+@_common
+@_now_option
+def inbox_poll(settings: Settings, now_text: str | None) -> None:
+    """One pass over the inbox: every new message is matched, read, acted on and moved."""
+    store = _open_store(settings)
+    try:
+        processor = Processor(store, settings, clock_from(parse_now(now_text, settings)))
+        watcher = make_watcher(settings, store, processor.clock)
+
+        async def run() -> None:
+            try:
+                await watcher.poll(processor)
+            finally:
+                await watcher.close()
+
+        asyncio.run(run())
+    finally:
+        store.close()
+    _print_tally(processor.tally)
+    if watcher.last_error:
+        _error("error", watcher.last_error)
+        sys.exit(PROBLEMS)
+
+
+@inbox_group.command("watch")
+@_common
+def inbox_watch(settings: Settings) -> None:
+    """Watch the inbox (IMAP IDLE, or polling) and act on every reply as it arrives, until interrupted."""
+    store = _open_store(settings)
+    processor = Processor(store, settings, lambda: datetime.now(ZoneInfo(settings.company.timezone)))
+    watcher = make_watcher(settings, store, processor.clock)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await watcher.watch(processor, stop)
+        finally:
+            await watcher.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        store.close()
+    _print_tally(processor.tally)

@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -194,6 +195,24 @@ class TriageSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """A routing rule: cases matching every given condition go to `owner`."""
+
+    owner: str
+    tier: str = ""
+    country: str = ""
+    min_amount: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CaseSettings:
+    default_owner: str
+    managers: Mapping[str, str]
+    routes: tuple[Route, ...]
+    base_url: str
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     source: Path
     company: Company
@@ -205,6 +224,7 @@ class Settings:
     languages: tuple[str, ...]
     inbox: InboxSettings
     triage: TriageSettings
+    cases: CaseSettings
 
 
 class _Reader:
@@ -229,7 +249,7 @@ class _Reader:
             raise self.fail(name, "must be a table")
         return _Reader(value, self.key(name), self.source)
 
-    def get(self, name: str, kind: type, default: Any = ..., required: bool = False) -> Any:
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ..., required: bool = False) -> Any:
         if name not in self.data:
             if required or default is ...:
                 raise self.fail(name, "is missing, and has no default")
@@ -238,7 +258,8 @@ class _Reader:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.fail(name, f"must be a {kind.__name__}, not {value!r}")
+            expected = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+            raise self.fail(name, f"must be a {expected}, not {value!r}")
         return value
 
     def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
@@ -511,6 +532,28 @@ def _triage(r: _Reader) -> TriageSettings:
     return settings
 
 
+def _cases(r: _Reader) -> CaseSettings:
+    managers = r.table("managers")
+    routes = []
+    for i, raw in enumerate(r.get("routes", list, [])):
+        if not isinstance(raw, dict):
+            raise r.fail(f"routes[{i}]", "must be a table like { tier = 'key', owner = 'laura' }")
+        route = _Reader(raw, r.key(f"routes[{i}]"), r.source)
+        amount = route.get("min_amount", (int, float, str), None)  # type: ignore[arg-type]
+        try:
+            min_amount = Decimal(str(amount)) if amount is not None else None
+        except ArithmeticError as exc:
+            raise route.fail("min_amount", f"must be a number, not {amount!r}") from exc
+        routes.append(Route(owner=route.get("owner", str, required=True), tier=route.get("tier", str, "").lower(),
+                            country=route.get("country", str, "").upper(), min_amount=min_amount))
+    return CaseSettings(
+        default_owner=r.get("default_owner", str, "finance"),
+        managers={name: managers.get(name, str) for name in managers.data},
+        routes=tuple(routes),
+        base_url=r.get("base_url", str, "http://127.0.0.1:8080").rstrip("/"),
+    )
+
+
 def parse_settings(data: Mapping[str, Any], source: Path) -> Settings:
     """Validate a parsed config; `source` anchors relative paths and names the file in errors."""
     root = _Reader(data, "", source)
@@ -533,6 +576,7 @@ def parse_settings(data: Mapping[str, Any], source: Path) -> Settings:
         languages=languages,
         inbox=_inbox(root.table("inbox")),
         triage=_triage(root.table("triage")),
+        cases=_cases(root.table("cases")),
     )
 
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from bot import outbox
+from bot.casebook import CaseBook
 from bot.cases import SUGGESTED_STEPS
 from bot.config import Settings
 from bot.ledger import Invoice
@@ -75,13 +79,49 @@ def cancel_stale(store: Store, open_invoices: Mapping[str, Invoice], report: out
             report.cancelled += 1
 
 
+def with_installments(invoices: list[Invoice], agreed: Mapping[str, list[dict[str, Any]]]) -> list[Invoice]:
+    """Replace the invoices of customers on a payment plan by their unpaid installments.
+
+    What the customer has paid since the plan began (the drop in the ledger's balance) pays the
+    installments in order; each unpaid one becomes an invoice of its own, with its own stages.
+    """
+    if not agreed:
+        return invoices
+    kept: list[Invoice] = []
+    owed: dict[str, list[Invoice]] = {}
+    for invoice in invoices:
+        if invoice.customer.customer_id in agreed:
+            owed.setdefault(invoice.customer.customer_id, []).append(invoice)
+        else:
+            kept.append(invoice)
+    for cid, group in owed.items():
+        parts = agreed[cid]
+        currency = parts[0]["currency"]
+        balance = sum((i.balance for i in group if i.currency == currency), Decimal(0))
+        paid = Decimal(parts[0]["start_balance"]) - balance
+        cumulative = Decimal(0)
+        for part in parts:
+            amount = Decimal(part["amount"])
+            cumulative += amount
+            left = min(amount, cumulative - paid)
+            if left > 0:
+                kept.append(Invoice(f"{cid}-P{part['plan']}-{part['seq']}/{len(parts)}", group[0].customer, currency,
+                                    amount, left, part["due_date"] - timedelta(days=30), part["due_date"], 0))
+        kept.extend(i for i in group if i.currency != currency)
+    return kept
+
+
 def prepare(store: Store, invoices: list[Invoice], now: datetime, settings: Settings,
             report: outbox.Report) -> Plan:
-    """Review holds, withdraw stale reminders and plan: everything before rendering."""
+    """Refresh the customer snapshot, review holds, close paid cases, withdraw stale reminders, then plan."""
+    today = now.astimezone(ZoneInfo(settings.company.timezone)).date()
+    CaseBook(store, settings).refresh_customers(invoices, today, now)
     by_id = {invoice.invoice_id: invoice for invoice in invoices}
     review_holds(store, by_id, now, settings)
+    store.close_paid({invoice.customer.customer_id for invoice in invoices}, now)
     cancel_stale(store, by_id, report)
-    return plan(invoices, load_history(store, now), now, settings)
+    dunned = with_installments(invoices, store.active_installments())
+    return plan(dunned, load_history(store, now), now, settings)
 
 
 async def send_pass(store: Store, invoices: list[Invoice], transport: Transport, workers: int,

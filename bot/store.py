@@ -27,134 +27,23 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
+from bot.casebook import BOT, STOPPED, state_of, transition
 from bot.errors import StoreError
+from bot.schema import (
+    cases,
+    contacts,
+    escalations,
+    flags,
+    holds,
+    inbox_state,
+    installments,
+    reminder_invoices,
+    reminders,
+    replies,
+)
 
 log = logging.getLogger(__name__)
 
-
-class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """Aware datetimes in, aware UTC datetimes out, whatever the dialect stores."""
-
-    impl = sa.DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, _dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the store")
-        return value.astimezone(UTC).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, _dialect: sa.Dialect) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=UTC)
-
-
-metadata = sa.MetaData()
-
-reminders = sa.Table(
-    "reminders", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("message_id", sa.String(255), nullable=False, unique=True),
-    sa.Column("customer_id", sa.String(64), nullable=False, index=True),
-    sa.Column("contact", sa.String(320), nullable=False),
-    sa.Column("track", sa.String(40), nullable=False),
-    sa.Column("stage", sa.String(40), nullable=False),
-    sa.Column("language", sa.String(8), nullable=False),
-    sa.Column("sender", sa.String(320), nullable=False),
-    sa.Column("recipients", sa.Text, nullable=False),
-    sa.Column("subject", sa.Text, nullable=False),
-    sa.Column("raw", sa.LargeBinary, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, index=True),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("next_attempt_at", UTCDateTime, nullable=True),
-    sa.Column("last_error", sa.Text, nullable=True),
-    sa.Column("server_reply", sa.Text, nullable=True),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("sent_at", UTCDateTime, nullable=True),
-)
-
-reminder_invoices = sa.Table(
-    "reminder_invoices", metadata,
-    sa.Column("reminder_id", sa.Integer, sa.ForeignKey("reminders.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("invoice_id", sa.String(64), primary_key=True),
-    sa.Column("stage", sa.String(40), nullable=False),
-    sa.Column("customer_id", sa.String(64), nullable=False, index=True),
-    sa.Column("balance", sa.String(40), nullable=False),
-    sa.UniqueConstraint("invoice_id", "stage", name="uq_invoice_stage"),
-)
-
-contacts = sa.Table(
-    "contacts", metadata,
-    sa.Column("address", sa.String(320), primary_key=True),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("updated_at", UTCDateTime, nullable=False),
-)
-
-escalations = sa.Table(
-    "escalations", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("customer_id", sa.String(64), nullable=False, index=True),
-    sa.Column("reason", sa.String(40), nullable=False),
-    sa.Column("detail", sa.Text, nullable=False),
-    sa.Column("invoice_ids", sa.Text, nullable=False),
-    sa.Column("recommendation", sa.Text, nullable=False),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("resolved_at", UTCDateTime, nullable=True),
-    sa.Column("reply_id", sa.Integer, nullable=True),
-)
-
-replies = sa.Table(
-    "replies", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("message_id", sa.String(998), nullable=False, unique=True),
-    sa.Column("customer_id", sa.String(64), nullable=True, index=True),
-    sa.Column("matched_by", sa.String(16), nullable=True),
-    sa.Column("sender", sa.String(320), nullable=False),
-    sa.Column("subject", sa.Text, nullable=False),
-    sa.Column("sent_at", UTCDateTime, nullable=True),
-    sa.Column("raw", sa.LargeBinary, nullable=False),
-    sa.Column("language", sa.String(8), nullable=False),
-    sa.Column("intent", sa.String(20), nullable=False),
-    sa.Column("confidence", sa.Float, nullable=False),
-    sa.Column("escalate", sa.Boolean, nullable=False),
-    sa.Column("classification", sa.Text, nullable=False),
-    sa.Column("action", sa.Text, nullable=False),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-)
-
-holds = sa.Table(
-    "holds", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("customer_id", sa.String(64), nullable=False, index=True),
-    sa.Column("kind", sa.String(20), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("until", UTCDateTime, nullable=False),
-    sa.Column("amount", sa.String(40), nullable=True),
-    sa.Column("reply_id", sa.Integer, sa.ForeignKey("replies.id"), nullable=True),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("ended_at", UTCDateTime, nullable=True),
-    sa.Column("outcome", sa.String(16), nullable=True),
-)
-
-flags = sa.Table(
-    "flags", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("customer_id", sa.String(64), nullable=False, index=True),
-    sa.Column("kind", sa.String(20), nullable=False),
-    sa.Column("detail", sa.Text, nullable=False),
-    sa.Column("reply_id", sa.Integer, sa.ForeignKey("replies.id"), nullable=True),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("done_at", UTCDateTime, nullable=True),
-)
-
-inbox_state = sa.Table(
-    "inbox_state", metadata,
-    sa.Column("folder", sa.String(255), primary_key=True),
-    sa.Column("uidvalidity", sa.BigInteger, nullable=False),
-    sa.Column("last_uid", sa.BigInteger, nullable=False),
-    sa.Column("updated_at", UTCDateTime, nullable=False),
-)
 
 QUEUED, SENDING, SENT, FAILED = "queued", "sending", "sent", "failed"
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -273,9 +162,11 @@ class Store:
                                                     .where(contacts.c.status == "invalid")))
 
     def escalated_customers(self) -> frozenset[str]:
+        """Customers the bot must not write to: an open escalation, or a case escalated, with an agency or closed."""
         with self._tx() as c:
-            return frozenset(r[0] for r in c.execute(sa.select(escalations.c.customer_id)
-                                                    .where(escalations.c.resolved_at.is_(None))))
+            open_ = c.execute(sa.select(escalations.c.customer_id).where(escalations.c.resolved_at.is_(None)))
+            stopped = c.execute(sa.select(cases.c.customer_id).where(cases.c.state.in_(STOPPED)))
+            return frozenset(r[0] for r in (*open_, *stopped))
 
     # The outbox.
 
@@ -406,14 +297,13 @@ class Store:
         with self._tx() as c:
             open_ = c.execute(sa.select(escalations.c.id).where(escalations.c.customer_id == customer_id)
                               .where(escalations.c.resolved_at.is_(None))).first()
-            if open_:
+            if open_ or state_of(c, customer_id) in STOPPED:
                 return False
             c.execute(escalations.insert().values(
                 customer_id=customer_id, reason=reason, detail=detail, invoice_ids=json.dumps(list(invoice_ids)),
                 recommendation=recommendation, created_at=now))
+            transition(c, customer_id, "escalated", actor=BOT, reason=f"{reason}: {detail}", now=now)
         return True
-
-    # The inbox.
 
     def inbox_position(self, folder: str) -> tuple[int, int] | None:
         """(UIDVALIDITY, last UID handled) for a folder, so a restart neither misses nor repeats a message."""
@@ -457,11 +347,15 @@ class Store:
                     c.execute(holds.insert().values(**hold, customer_id=customer_id, reply_id=rid, created_at=now))
                 if flag is not None:
                     c.execute(flags.insert().values(**flag, customer_id=customer_id, reply_id=rid, created_at=now))
-                if escalation is not None and not c.execute(
-                        sa.select(escalations.c.id).where(escalations.c.customer_id == customer_id)
-                        .where(escalations.c.resolved_at.is_(None))).first():
+                state = state_of(c, customer_id)
+                if escalation is not None and state not in STOPPED:
                     c.execute(escalations.insert().values(**escalation, customer_id=customer_id, reply_id=rid,
                                                           created_at=now))
+                    transition(c, customer_id, "escalated", actor=BOT, reason=f"{escalation['reason']}: "
+                               f"{reply['action']}", now=now)
+                elif hold is not None and state not in STOPPED and state != "payment_plan":
+                    transition(c, customer_id, "paused", actor=BOT, reason=hold["reason"], now=now,
+                               until=hold["until"])
                 for address in invalid_contacts:
                     address = address.lower()
                     c.execute(contacts.delete().where(contacts.c.address == address))
@@ -482,8 +376,35 @@ class Store:
                 sa.select(holds).where(holds.c.ended_at.is_(None)).where(holds.c.until <= now).order_by(holds.c.id))]
 
     def end_hold(self, hold_id: int, outcome: str, now: datetime) -> None:
+        """End a hold; a case paused only by it becomes active again."""
         with self._tx() as c:
+            customer_id = c.execute(sa.select(holds.c.customer_id).where(holds.c.id == hold_id)).scalar()
             c.execute(holds.update().where(holds.c.id == hold_id).values(ended_at=now, outcome=outcome))
+            others = c.execute(sa.select(holds.c.id).where(holds.c.customer_id == customer_id)
+                               .where(holds.c.ended_at.is_(None)).where(holds.c.until > now)).first()
+            if customer_id and not others and state_of(c, customer_id) == "paused":
+                transition(c, customer_id, "active", actor=BOT, reason=f"hold ended: {outcome}", now=now)
+
+    def close_paid(self, owing: set[str], now: datetime) -> None:
+        """Resolve the cases of customers the ledger shows nothing owed by any more."""
+        with self._tx() as c:
+            open_cases = c.execute(sa.select(cases.c.customer_id).where(cases.c.state != "resolved")).scalars().all()
+            for customer_id in open_cases:
+                if customer_id not in owing:
+                    c.execute(escalations.update().where(escalations.c.customer_id == customer_id)
+                              .where(escalations.c.resolved_at.is_(None)).values(resolved_at=now))
+                    transition(c, customer_id, "resolved", actor=BOT, reason="paid: the ledger shows no balance",
+                               now=now)
+
+    def active_installments(self) -> dict[str, list[dict[str, Any]]]:
+        q = (sa.select(installments).join(cases, cases.c.customer_id == installments.c.customer_id)
+             .where(installments.c.active.is_(True)).where(cases.c.state == "payment_plan")
+             .order_by(installments.c.customer_id, installments.c.seq))
+        result: dict[str, list[dict[str, Any]]] = {}
+        with self._tx() as c:
+            for row in c.execute(q):
+                result.setdefault(row.customer_id, []).append(dict(row._mapping))
+        return result
 
     def broken_promises(self) -> dict[str, list[datetime]]:
         """For each customer, when each broken promise was found broken, oldest first."""

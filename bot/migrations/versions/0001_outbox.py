@@ -7,7 +7,7 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
-from bot.store import UTCDateTime
+from bot.schema import UTCDateTime
 
 revision = "0001"
 down_revision = None

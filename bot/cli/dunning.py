@@ -1,32 +1,36 @@
-"""The `dunbot` command. Exit codes: 0 success, 1 problems found, 2 usage or configuration error."""
+"""Commands of the dunning pass: plan, send, preview, and the checks of ledger and templates."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import logging
-import signal
 import sys
-import time
-from collections.abc import Callable
-from datetime import date, datetime, timedelta
-from pathlib import Path
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bot import dunning, outbox
-from bot.config import Settings, load_settings
-from bot.errors import ConfigError, DunbotError, LedgerError
-from bot.inbox import Processor, Tally
+from bot.cli.common import (
+    OK,
+    PROBLEMS,
+    PROGRESS_ROWS,
+    _common,
+    _error,
+    _now_option,
+    _open_store,
+    clock_from,
+    err,
+    main,
+    parse_now,
+)
+from bot.config import Settings
+from bot.errors import DunbotError
 from bot.ledger import Invoice, Ledger, read_ledger
-from bot.mailboxes import ImapMailbox, MaildirMailbox, Watcher
 from bot.messages import compose
 from bot.policy import (
     Line,
@@ -43,57 +47,6 @@ from bot.policy import (
 from bot.store import Store
 from bot.templates import Templates, check
 from bot.transports import MaildirTransport, SmtpTransport, Transport
-from bot.triage import classification_json, classify, evaluate
-
-OK, PROBLEMS, USAGE = 0, 1, 2
-PROGRESS_ROWS = 200_000
-F = TypeVar("F", bound=Callable[..., Any])
-err = Console(stderr=True)
-log = logging.getLogger("bot")
-
-
-def _common(func: F) -> F:
-    """--config on every command, and DunbotError turned into a one-line message with the right exit code."""
-
-    @click.option("--config", "config_path", default="config.toml", show_default=True,
-                  type=click.Path(dir_okay=False, path_type=Path), help="The configuration file.")
-    @functools.wraps(func)
-    def wrapper(*args: Any, config_path: Path, **kwargs: Any) -> Any:
-        try:
-            settings = load_settings(config_path)
-            return func(*args, settings=settings, **kwargs)
-        except (ConfigError, LedgerError) as exc:
-            _error("error", exc)
-            sys.exit(USAGE)
-        except DunbotError as exc:
-            _error("error", exc)
-            sys.exit(PROBLEMS)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _error(label: str, message: object, style: str = "red") -> None:
-    err.print(f"[{style}]{label}:[/{style}] {escape(str(message))}", highlight=False)
-
-
-def _now_option(func: F) -> F:
-    return click.option("--now", "now_text", default=None, metavar="ISO-DATETIME",
-                        help="Decide as if it were this moment, e.g. 2026-03-15T10:00 "
-                             "(without an offset: the company's time zone).")(func)
-
-
-def parse_now(text: str | None, settings: Settings) -> datetime:
-    zone = ZoneInfo(settings.company.timezone)
-    if text is None:
-        return datetime.now(zone)
-    try:
-        if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), datetime.min.time(), zone).replace(hour=10)
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not an ISO date or datetime such as 2026-03-15T10:00",
-                                 param_hint="--now") from None
-    return value if value.tzinfo else value.replace(tzinfo=zone)
 
 
 def _read(settings: Settings, quiet: bool = False) -> Ledger:
@@ -116,10 +69,6 @@ def _report_problems(ledger: Ledger, limit: int | None = 20) -> None:
         _error("skipped", problem, "yellow")
     if limit is not None and len(ledger.problems) > limit:
         err.print(f"... and {len(ledger.problems) - limit} more bad rows (see `dunbot ledger check`)")
-
-
-def _open_store(settings: Settings) -> Store:
-    return Store.open(settings.store_url)
 
 
 def _plan(settings: Settings, now: datetime, ledger: Ledger, store: Store) -> Plan:
@@ -191,16 +140,6 @@ def make_transport(settings: Settings) -> tuple[Transport, int]:
     return MaildirTransport(t.maildir), 1
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More log detail (-vv for debug).")
-@click.version_option(package_name="dunbot")
-def main(verbose: int) -> None:
-    """Dunbot collects overdue B2B payments by email: firm, friendly, exactly once."""
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-
-
 @main.command("plan")
 @_common
 @_now_option
@@ -264,12 +203,6 @@ def send_command(settings: Settings, now_text: str | None, dry_run: bool, retry_
         _error("stopped", report.aborted)
     problems = ledger.problems or report.errors or report.aborted or report.failed or report.retrying
     sys.exit(PROBLEMS if problems else OK)
-
-
-def clock_from(now: datetime) -> Callable[[], datetime]:
-    """A clock that starts at `now` (perhaps given with --now) and moves with real time."""
-    started = time.monotonic()
-    return lambda: now + timedelta(seconds=time.monotonic() - started)
 
 
 async def _send(settings: Settings, store: Store, ledger: Ledger, templates: Templates, now: datetime,
@@ -367,125 +300,3 @@ def ledger_check(settings: Settings) -> None:
     click.echo(f"{ledger.rows} rows: {len(ledger.open_invoices)} open, {ledger.paid} paid, "
                f"{len(ledger.problems)} bad")
     sys.exit(PROBLEMS if ledger.problems else OK)
-
-
-@main.group("triage")
-def triage_group() -> None:
-    """Read replies offline: classify messages, or score the classifier on a labelled folder."""
-
-
-def _optional_settings(path: Path) -> Settings | None:
-    """The triage commands work without a config file (defaults), but honour one when it is there."""
-    if not path.exists():
-        return None
-    try:
-        return load_settings(path)
-    except ConfigError as exc:
-        _error("error", exc)
-        sys.exit(USAGE)
-
-
-@triage_group.command("classify")
-@click.option("--config", "config_path", default="config.toml", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="The configuration file (optional here).")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line per file.")
-def triage_classify(config_path: Path, files: tuple[Path, ...], as_json: bool) -> None:
-    """Classify .eml files, changing nothing."""
-    settings = _optional_settings(config_path)
-    languages = settings.languages if settings else ("en", "es")
-    domains = frozenset({settings.company.message_id_domain} if settings else ())
-    for path in files:
-        c = classify(path.read_bytes(), languages=languages, our_domains=domains)
-        record = classification_json(c, str(path))
-        if as_json:
-            click.echo(json.dumps(record, ensure_ascii=False))
-        else:
-            extra = f" promised {record['promised_date']}" if record["promised_date"] else ""
-            click.echo(f"{path}: {c.intent} ({c.confidence:.2f}, {c.language}){extra}"
-                       f"{' -> a person' if c.escalate else ''}; evidence: {'; '.join(c.evidence) or '-'}")
-
-
-@triage_group.command("eval")
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def triage_eval(folder: Path) -> None:
-    """Score the classifier on a folder of .eml files with labels*.jsonl: precision, recall, macro-F1."""
-    try:
-        report = evaluate(folder)
-    except (OSError, ValueError) as exc:
-        _error("error", f"{folder}: {exc}")
-        sys.exit(USAGE)
-    click.echo(report.format())
-
-
-@main.group("inbox")
-def inbox_group() -> None:
-    """Read the replies in the inbox and act on them."""
-
-
-def make_watcher(settings: Settings, store: Store, clock: Callable[[], datetime]) -> Watcher:
-    inbox = settings.inbox
-    if inbox.kind == "imap":
-        imap = inbox.imap
-        assert imap is not None
-        return Watcher(lambda: ImapMailbox(imap, inbox.folder, inbox.max_bytes), store, inbox.folder, clock,
-                       idle_seconds=imap.idle_seconds)
-    maildir = inbox.maildir
-    assert maildir is not None
-    return Watcher(lambda: MaildirMailbox(maildir, inbox.folder, inbox.max_bytes), store, inbox.folder, clock)
-
-
-def _print_tally(tally: Tally) -> None:
-    intents = ", ".join(f"{k} {v}" for k, v in sorted(tally.by_intent.items())) or "none"
-    click.echo(f"handled {tally.handled}, for a person {tally.human}, unmatched (left in the inbox) "
-               f"{tally.unmatched}, seen before {tally.repeated}; intents: {intents}")
-
-
-@inbox_group.command("poll")
-@_common
-@_now_option
-def inbox_poll(settings: Settings, now_text: str | None) -> None:
-    """One pass over the inbox: every new message is matched, read, acted on and moved."""
-    store = _open_store(settings)
-    try:
-        processor = Processor(store, settings, clock_from(parse_now(now_text, settings)))
-        watcher = make_watcher(settings, store, processor.clock)
-
-        async def run() -> None:
-            try:
-                await watcher.poll(processor)
-            finally:
-                await watcher.close()
-
-        asyncio.run(run())
-    finally:
-        store.close()
-    _print_tally(processor.tally)
-    if watcher.last_error:
-        _error("error", watcher.last_error)
-        sys.exit(PROBLEMS)
-
-
-@inbox_group.command("watch")
-@_common
-def inbox_watch(settings: Settings) -> None:
-    """Watch the inbox (IMAP IDLE, or polling) and act on every reply as it arrives, until interrupted."""
-    store = _open_store(settings)
-    processor = Processor(store, settings, lambda: datetime.now(ZoneInfo(settings.company.timezone)))
-    watcher = make_watcher(settings, store, processor.clock)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            await watcher.watch(processor, stop)
-        finally:
-            await watcher.close()
-
-    try:
-        asyncio.run(run())
-    finally:
-        store.close()
-    _print_tally(processor.tally)

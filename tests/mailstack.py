@@ -131,6 +131,18 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is left in process group pgid."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
 def _listening(ports: Iterable[int]) -> bool:
     """Whether all ports listen on 127.0.0.1, read from /proc: probing them would add log noise."""
     wanted = {f"0100007F:{port:04X}" for port in ports}
@@ -476,6 +488,42 @@ append_dot_mydomain = no
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _wait(lambda: not _alive(pid), STOP_TIMEOUT, f"postfix master {pid} to die")
+
+    def stop_dovecot(self) -> None:
+        """Stop Dovecot alone, sessions included (an IMAP outage): clients get BYE, Postfix defers delivery.
+
+        Signalled as a process group, as `systemctl stop` would: after SIGTERM to the master alone,
+        Dovecot 2.3 keeps existing IMAP sessions serving for ~10 s before it says BYE.
+        """
+        if self._dovecot is None:
+            return
+        group = self._dovecot.pid  # started with a session of its own: the group is this instance only
+        with suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        try:
+            self._dovecot.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+            self._dovecot.wait(STOP_TIMEOUT)
+        self._dovecot = None
+        _wait(lambda: not _group_alive(group), STOP_TIMEOUT, f"dovecot's process group {group} to exit")
+        _wait(lambda: not _listening((self.imap_port,)), STOP_TIMEOUT, "dovecot to stop listening")
+
+    def start_dovecot(self) -> None:
+        """Start Dovecot again after stop_dovecot(), with the same folders, users and ports."""
+        if self._dovecot is not None:
+            return
+        with (self.root / "dovecot.out").open("ab") as out:
+            self._dovecot = subprocess.Popen(
+                [str(DOVECOT), "-F", "-c", str(self.root / "dc" / "dovecot.conf")],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        _wait(lambda: _listening((self.imap_port, self.imaps_port)), START_TIMEOUT, "dovecot to listen again")
+
+    def restart_dovecot(self) -> None:
+        self.stop_dovecot()
+        self.start_dovecot()
 
     def __enter__(self) -> MailStack:
         return self.start()

@@ -14,6 +14,7 @@ PACKAGES=(
     dovecot-imapd
     dovecot-lmtpd
     openssl
+    chromium        # the web triage page's browser tests (Playwright drives it; no download)
 )
 
 POLICY=/usr/sbin/policy-rc.d

@@ -20,10 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -78,11 +74,26 @@ class Outgoing:
     invoice_ids: tuple[str, ...]
 
 
-def _alembic_config(connection: Connection) -> AlembicConfig:
-    config = AlembicConfig()
+def _head_revision() -> str:
+    """The newest migration: revisions are named by their file's four-digit prefix (0001_outbox.py is "0001")."""
+    return max(p.name[:4] for p in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+
+
+def _current_revision(connection: Connection) -> str | None:
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def _upgrade(connection: Connection) -> None:
+    """Alembic is imported only when a migration is due: it costs ~11 MB that a running daemon never needs."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
-    return config
+    command.upgrade(config, "head")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -110,10 +121,8 @@ class Store:
             if engine.dialect.name == "sqlite":
                 sa.event.listen(engine, "connect", _sqlite_pragmas)
             with engine.begin() as connection:
-                current = MigrationContext.configure(connection).get_current_revision()
-                head = ScriptDirectory.from_config(_alembic_config(connection)).get_current_head()
-                if current != head:
-                    command.upgrade(_alembic_config(connection), "head")
+                if _current_revision(connection) != _head_revision():
+                    _upgrade(connection)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open the store {engine_safe(url)}: {exc.__class__.__name__}: {exc}") from exc
         except OSError as exc:
@@ -178,8 +187,11 @@ class Store:
         """
         try:
             with self._tx() as c:
-                for item in batch:
-                    self._insert(c, item, now)
+                if c.dialect.insert_executemany_returning_sort_by_parameter_order:
+                    self._insert_many(c, batch, now)
+                else:
+                    for item in batch:
+                        self._insert(c, item, now)
             return [item.message_id for item in batch]
         except IntegrityError:
             pass
@@ -195,18 +207,31 @@ class Store:
         return queued
 
     @staticmethod
+    def _row(item: Queued, now: datetime) -> dict[str, Any]:
+        return {"message_id": item.message_id, "customer_id": item.customer_id, "contact": item.contact,
+                "track": item.track, "stage": item.stage, "language": item.language, "sender": item.sender,
+                "recipients": json.dumps(list(item.recipients)), "subject": item.subject, "raw": item.raw,
+                "status": QUEUED, "attempts": 0, "next_attempt_at": None, "created_at": now}
+
+    @staticmethod
+    def _invoice_rows(rid: int, item: Queued) -> list[dict[str, Any]]:
+        return [{"reminder_id": rid, "invoice_id": inv, "stage": item.stage, "customer_id": item.customer_id,
+                 "balance": balance} for inv, balance in item.balances]
+
+    @staticmethod
     def _insert(c: Connection, item: Queued, now: datetime) -> None:
-        rid = c.execute(reminders.insert().values(
-            message_id=item.message_id, customer_id=item.customer_id, contact=item.contact, track=item.track,
-            stage=item.stage, language=item.language, sender=item.sender,
-            recipients=json.dumps(list(item.recipients)), subject=item.subject, raw=item.raw, status=QUEUED,
-            attempts=0, next_attempt_at=None, created_at=now,
-        )).inserted_primary_key[0]
-        c.execute(reminder_invoices.insert(), [
-            {"reminder_id": rid, "invoice_id": inv, "stage": item.stage, "customer_id": item.customer_id,
-             "balance": balance}
-            for inv, balance in item.balances
-        ])
+        rid = c.execute(reminders.insert().values(**Store._row(item, now))).inserted_primary_key[0]
+        c.execute(reminder_invoices.insert(), Store._invoice_rows(rid, item))
+
+    @staticmethod
+    def _insert_many(c: Connection, batch: Sequence[Queued], now: datetime) -> None:
+        """A batch in two statements, the new ids returned in batch order: a statement per row cost ~0.4 ms."""
+        if not batch:
+            return
+        ids = c.execute(reminders.insert().returning(reminders.c.id, sort_by_parameter_order=True),
+                        [Store._row(item, now) for item in batch]).scalars().all()
+        c.execute(reminder_invoices.insert(),
+                  [row for rid, item in zip(ids, batch, strict=True) for row in Store._invoice_rows(rid, item)])
 
     def recover_interrupted(self) -> list[tuple[int, str, str]]:
         """Put reminders caught mid-send by a crash back in the queue; returns them for the log.
@@ -265,6 +290,18 @@ class Store:
         with self._tx() as c:
             c.execute(reminders.update().where(reminders.c.id == rid).values(
                 status=SENT, sent_at=now, server_reply=reply[:500], last_error=None, next_attempt_at=None))
+
+    def mark(self, sending: Sequence[int] = (), sent: Sequence[tuple[int, datetime, str]] = ()) -> None:
+        """mark_sending and mark_sent for several reminders in one transaction: the outbox's group commit."""
+        with self._tx() as c:
+            if sending:
+                c.execute(reminders.update().where(reminders.c.id.in_(sending)).values(
+                    status=SENDING, attempts=reminders.c.attempts + 1))
+            if sent:
+                c.execute(reminders.update().where(reminders.c.id == sa.bindparam("rid")).values(
+                    status=SENT, sent_at=sa.bindparam("at", type_=reminders.c.sent_at.type),
+                    server_reply=sa.bindparam("reply"), last_error=None, next_attempt_at=None),
+                    [{"rid": rid, "at": at, "reply": reply[:500]} for rid, at, reply in sent])
 
     def mark_retry(self, rid: int, at: datetime, error: str) -> None:
         with self._tx() as c:

@@ -204,3 +204,40 @@ feedback = sa.Table(
     sa.Column("actor", sa.String(64), nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
 )
+
+notifications = sa.Table(
+    "notifications", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("message_id", sa.String(255), nullable=False, unique=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("owner", sa.String(64), nullable=False, index=True),
+    sa.Column("recipient", sa.String(320), nullable=False),
+    sa.Column("customer_id", sa.String(64), nullable=True, index=True),
+    sa.Column("raw", sa.LargeBinary, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("sent_at", UTCDateTime, nullable=True),
+)
+
+# ---- The daemon (migration 0005): its heartbeat and state for `dunbot status`, and the ledger's last good shape.
+
+daemon_status = sa.Table(
+    "daemon_status", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+ledger_checks = sa.Table(
+    "ledger_checks", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=False),
+    sa.Column("open_count", sa.Integer, nullable=False),
+    sa.Column("vanished", sa.Integer, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("invoice_ids", sa.LargeBinary, nullable=True),
+)

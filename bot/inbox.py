@@ -76,12 +76,16 @@ class Processor:
 
     def __init__(self, store: Store, settings: Settings, clock: Callable[[], datetime]) -> None:
         self.store, self.settings, self.clock = store, settings, clock
+        self.newest = store.newest_reminder_id()
         self.directory = build_directory(store)
         self.tally = Tally()
         self.loop_marker = f"dunbot@{settings.company.message_id_domain}".lower()
 
     def refresh(self) -> None:
-        self.directory = build_directory(self.store)
+        """Rebuild the directory, but only when reminders were recorded since it was built."""
+        newest = self.store.newest_reminder_id()
+        if newest != self.newest:
+            self.directory, self.newest = build_directory(self.store), newest
 
     async def __call__(self, incoming: Incoming) -> str | None:
         return self.handle(incoming.raw, truncated=incoming.truncated)

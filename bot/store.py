@@ -97,12 +97,19 @@ def _upgrade(connection: Connection) -> None:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite runs DDL outside any transaction by default: a kill during a migration would leave half a schema.
+    # With its own transaction handling off, SQLAlchemy's BEGIN (below) covers DDL and DML alike.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN")
 
 
 class Store:
@@ -120,6 +127,7 @@ class Store:
             engine = sa.create_engine(url, future=True)
             if engine.dialect.name == "sqlite":
                 sa.event.listen(engine, "connect", _sqlite_pragmas)
+                sa.event.listen(engine, "begin", _sqlite_begin)
             with engine.begin() as connection:
                 if _current_revision(connection) != _head_revision():
                     _upgrade(connection)
@@ -362,6 +370,10 @@ class Store:
             return c.execute(sa.select(replies.c.id).where(replies.c.message_id == message_id)).first() is not None
 
     # Replies, and what the bot decided about them.
+
+    def newest_reminder_id(self) -> int:
+        with self._tx() as c:
+            return int(c.execute(sa.select(sa.func.max(reminders.c.id))).scalar() or 0)
 
     def directory_rows(self) -> list[tuple[str, str, str, str, str]]:
         """(message_id, customer_id, recipients JSON, language, invoice_id) for every reminder sent or queued."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,6 +63,18 @@ def test_sending_states_and_recovery(store: Store) -> None:
     assert store.counts() == {"sent": 1, "queued": 1}
 
 
+def test_marks_for_several_reminders_in_one_transaction(store: Store) -> None:
+    store.enqueue([queued("<a@x>"), queued("<b@x>", "C2", ("I2",)), queued("<c@x>", "C3", ("I3",))], NOW)
+    first, second, third = store.due(NOW)
+    store.mark(sending=[first.id, second.id])
+    store.mark(sending=[third.id], sent=[(first.id, NOW, "250 ok a"), (second.id, NOW, "250 ok b")])
+    rows = {r["message_id"]: r for r in store.reminders_for()}
+    assert [rows[m]["status"] for m in ("<a@x>", "<b@x>", "<c@x>")] == ["sent", "sent", "sending"]
+    assert rows["<b@x>"]["server_reply"] == "250 ok b" and rows["<a@x>"]["sent_at"] == NOW
+    assert {r["attempts"] for r in rows.values()} == {1}
+    assert store.recover_interrupted() == [(third.id, "<c@x>", "C3")]
+
+
 def test_retry_later_and_give_up(store: Store) -> None:
     store.enqueue([queued("<a@x>")], NOW)
     (item,) = store.due(NOW)
@@ -114,3 +128,22 @@ def test_unopenable_store_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("")
     with pytest.raises(StoreError, match="cannot open the store"):
         Store.open(f"sqlite:///{tmp_path / 'f' / 'x.db'}")
+
+
+def test_a_migration_killed_halfway_leaves_no_half_schema(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    script = ("import os, bot.store as s\n"
+              "real = s._upgrade\n"
+              "def killed(connection):\n"
+              "    from alembic import command\n"
+              "    from alembic.config import Config\n"
+              "    config = Config(); config.set_main_option('script_location', str(s.MIGRATIONS))\n"
+              "    config.attributes['connection'] = connection\n"
+              "    command.upgrade(config, '0002')\n"
+              "    os.kill(os.getpid(), 9)\n"
+              "s._upgrade = killed\n"
+              f"s.Store.open('sqlite:///{path}')\n")
+    died = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert died.returncode == -9
+    store = Store.open(f"sqlite:///{path}")
+    assert store.enqueue([queued("<a@x>")], NOW) == ["<a@x>"]

@@ -29,6 +29,7 @@ from bot.cli.common import (
     parse_now,
 )
 from bot.config import Settings
+from bot.daemon import load_daemon_settings
 from bot.errors import DunbotError
 from bot.ledger import Invoice, Ledger, read_ledger
 from bot.messages import compose
@@ -211,7 +212,8 @@ async def _send(settings: Settings, store: Store, ledger: Ledger, templates: Tem
     await transport.open()
     try:
         return await dunning.send_pass(store, ledger.open_invoices, transport, workers, clock_from(now), settings,
-                                       templates, retry_for=retry_for)
+                                       templates, retry_for=retry_for,
+                                       check=load_daemon_settings(settings).ledger_check)
     finally:
         await transport.close()
 

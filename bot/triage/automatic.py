@@ -140,14 +140,27 @@ def _status_blocks(part: Message) -> list[dict[str, str]]:
 
 
 def _non_dsn(msg: ParsedMessage, reason: str) -> Verdict:
-    """A bounce in a vendor's own format: flufl.bounce finds the recipients, no status is given."""
+    """A bounce in a vendor's own format: flufl.bounce finds the recipients, no status is given.
+
+    A delay warning ("message delayed 24 hours", "delivery attempts will continue", only 4.x.x
+    codes in the text) is transient: the server is still trying, nobody needs to act.
+    """
     try:
         temporary, permanent = all_failures(msg.message)
     except Exception:  # its heuristic detectors were written for well-formed mail
         temporary, permanent = frozenset(), frozenset()
     found = sorted({_text(a) for a in permanent}) or sorted({_text(a) for a in temporary})
-    bounce = Bounce(tuple(found), bool(permanent) or not temporary, None, _original_id(msg))
+    bounce = Bounce(tuple(found), (bool(permanent) or not temporary) and not _delayed(msg), None, _original_id(msg))
     return Verdict("bounce", reason, bounce)
+
+
+def _delayed(msg: ParsedMessage) -> bool:
+    """A delivery warning, not a failure: delay wording, and no permanent (5.x.x) status in the text."""
+    head = msg.text.split("\n------")[0][:4000]  # the server's own words, before the returned copy
+    if any(code == "5" for code in _STATUS.findall(head)):
+        return False
+    text = fold(f"{msg.subject}\n{head}")
+    return any(p.search(text) for lang in languages().values() for p in lang.bounce_delay)
 
 
 def _text(address: bytes | str) -> str:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 
 import dateparser
 
@@ -30,10 +31,17 @@ class FoundDate:
     text: str
     value: date
     exact: bool  # a calendar date was written, not a weekday or a relative phrase
+    rolled: bool = False  # "the 10th" written on the 18th: read as next month's, though it may be past
 
 
-def find_dates(text: str, base: date, langs: Iterable[Language]) -> list[FoundDate]:
-    """Future dates (within the horizon) written in ``text``, in reading order.
+EXACT_KINDS = ("parse", "numeric", "weekday_day")
+"""Spans that name a calendar date; the others (weekdays, "next week") always point forward."""
+
+
+def find_dates(text: str, base: date, langs: Iterable[Language], *, past: bool = False) -> list[FoundDate]:
+    """Future dates (within the horizon) written in ``text``, in reading order; with ``past``, the
+    calendar dates written that fall before the message instead ("paid on 14/11"), which tell that
+    a statement is about something already done.
 
     Languages are tried in order; a later language only adds spans that do not overlap earlier ones,
     so the reply's own language decides how "05/12" reads.
@@ -42,26 +50,39 @@ def find_dates(text: str, base: date, langs: Iterable[Language]) -> list[FoundDa
     taken: list[tuple[int, int]] = []
     found: list[FoundDate] = []
     for lang in langs:
-        matches = [(m, span) for span in lang.date_spans for m in span.pattern.finditer(squeezed)]
+        spans = [s for s in lang.date_spans if s.kind in EXACT_KINDS] if past else lang.date_spans
+        matches = [(m, span) for span in spans for m in span.pattern.finditer(squeezed)]
         matches.sort(key=lambda ms: (ms[0].start(), -(ms[0].end() - ms[0].start())))
+        spent: list[tuple[int, int]] = []  # resolved outside the window, in this language's reading
         for match, span in matches:
             start, end = match.span()
-            if start == end or any(start < e and s < end for s, e in taken):
+            if start == end or any(start < e and s < end for s, e in (*taken, *spent)):
                 continue
             o_start, o_end = offsets[start], offsets[end - 1] + 1
-            value = _resolve(span, match, text[o_start:o_end], lang, base)
-            if value is None or not base <= value <= base + timedelta(days=HORIZON_DAYS):
+            value = _resolve(span, match, text[o_start:o_end], lang, base, past)
+            low, high = (
+                (base - timedelta(days=HORIZON_DAYS), base - timedelta(days=1))
+                if past
+                else (base, base + timedelta(days=HORIZON_DAYS))
+            )
+            if value is not None and not low <= value <= high:
+                spent.append((start, end))  # "el viernes 5" that was last week: its "viernes" is no other date
+            if value is None or not low <= value <= high:
                 continue
             taken.append((start, end))
-            found.append(FoundDate(o_start, o_end, text[o_start:o_end], value, span.kind in ("parse", "numeric")))
+            exact = span.kind in ("parse", "numeric")
+            rolled = span.kind == "day_of_month" and not span.value and value.month != base.month
+            found.append(FoundDate(o_start, o_end, text[o_start:o_end], value, exact, rolled))
     return sorted(found, key=lambda f: f.start)
 
 
-def _resolve(span: DateSpan, match: re.Match[str], original: str, lang: Language, base: date) -> date | None:
+def _resolve(
+    span: DateSpan, match: re.Match[str], original: str, lang: Language, base: date, past: bool = False
+) -> date | None:
     groups = match.groupdict()
     kind, value = span.kind, span.value
     if kind == "parse":
-        return _dateparser(original, lang, base)
+        return _dateparser(original, lang.code, lang.date_order, base, "past" if past else "future")
     if kind == "numeric":
         return _numeric(groups["a"], groups["b"], groups.get("y"), lang.date_order, base)
     if kind == "weekday":
@@ -95,15 +116,16 @@ def _resolve(span: DateSpan, match: re.Match[str], original: str, lang: Language
     raise ValueError(f"unknown date span kind {kind!r} in {lang.code}.toml")
 
 
-def _dateparser(original: str, lang: Language, base: date) -> date | None:
+@lru_cache(maxsize=4096)
+def _dateparser(original: str, code: str, order: str, base: date, prefer: str) -> date | None:
     settings = {
-        "PREFER_DATES_FROM": "future",
+        "PREFER_DATES_FROM": prefer,
         "RELATIVE_BASE": datetime(base.year, base.month, base.day),
-        "DATE_ORDER": lang.date_order,
+        "DATE_ORDER": order,
         "REQUIRE_PARTS": ["day", "month"],
     }
     try:
-        parsed = dateparser.parse(original, languages=[lang.code], settings=settings)
+        parsed = dateparser.parse(original, languages=[code], settings=settings)
     except Exception:  # dateparser raises assorted errors on odd input; a missed date is not fatal
         return None
     return parsed.date() if parsed else None

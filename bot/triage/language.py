@@ -33,6 +33,9 @@ UNDETERMINED = "und"
 OPENING_LETTERS = 40
 """langdetect reads paragraphs from the top until this many letters."""
 
+SALUTATION_WORDS = 4
+"""A paragraph of at most this many words is a salutation or an address line, not prose."""
+
 _NOISE = re.compile(r"https?://\S+|\S+@\S+|\d+")
 _WORD = re.compile(r"[^\W\d_]+")
 
@@ -76,9 +79,16 @@ def detect(
 
 
 def _opening(text: str) -> str:
-    """The first paragraphs up to OPENING_LETTERS letters: a bilingual notice is in its first language."""
+    """The first paragraphs up to OPENING_LETTERS letters: a bilingual notice is in its first language.
+
+    Paragraphs of a few words (a salutation, an addressee, a company name: "Señores / Northwind
+    Trading S.L. / Respetados señores:") say little about the language and are passed over while
+    longer ones follow.
+    """
+    paragraphs = re.split(r"\n\s*\n", text)
+    prose = [p for p in paragraphs if len(_WORD.findall(p)) > SALUTATION_WORDS]
     taken: list[str] = []
-    for paragraph in re.split(r"\n\s*\n", text):
+    for paragraph in prose or paragraphs:
         taken.append(paragraph)
         if sum(ch.isalpha() for ch in "".join(taken)) >= OPENING_LETTERS:
             break

@@ -9,6 +9,7 @@ their content is never decoded.
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 import warnings
 from collections.abc import Iterator
@@ -125,6 +126,12 @@ def decode_header_value(value: object) -> str:
     return re.sub(r"\s*\r?\n\s*", " ", "".join(out)).strip()
 
 
+@functools.cache
+def _needle(selector: str) -> str:
+    """The longest name in a CSS selector (class, id or tag), lower-cased: it must occur in the markup."""
+    return max(re.findall(r"[\w-]+", selector), key=len, default="").lower()
+
+
 def html_to_text(html: str, drop: tuple[str, ...] = ()) -> str:
     """Readable text from HTML: block structure kept; links, images, emphasis and ``drop`` (CSS selectors) gone."""
     with warnings.catch_warnings():  # bs4 warns when a body looks like a URL or XML; it is still a body
@@ -133,7 +140,10 @@ def html_to_text(html: str, drop: tuple[str, ...] = ()) -> str:
         soup = BeautifulSoup(html, "html.parser")
     for tag in soup.find_all(["style", "script", "head", "title"]):
         tag.decompose()
+    lowered = html.lower()
     for selector in drop:
+        if _needle(selector) not in lowered:
+            continue  # a selector whose class or id is nowhere in the markup matches nothing: skip the slow search
         for tag in soup.select(selector):
             tag.decompose()
     converter = html2text.HTML2Text()

@@ -107,6 +107,7 @@ class Language:
     auto_subject: tuple[re.Pattern[str], ...]
     auto_body: tuple[re.Pattern[str], ...]
     bounce_subject: tuple[re.Pattern[str], ...]
+    bounce_delay: tuple[re.Pattern[str], ...]  # a bounce that only warns of a delay: transient
     moved: tuple[re.Pattern[str], ...]
     return_marker: tuple[re.Pattern[str], ...]
     until_marker: tuple[re.Pattern[str], ...]
@@ -120,6 +121,15 @@ class Language:
     negation: re.Pattern[str] | None
     conditional: re.Pattern[str] | None
     clause_break: re.Pattern[str] | None
+    negation_after: re.Pattern[str] | None  # right after a phrase: "we've paid NOTHING"
+    hedge: re.Pattern[str] | None  # "I DON'T THINK we paid": negates a statement with its own subject
+    subjects: frozenset[str]  # words a phrase may open with that make it a statement with a subject
+    habitual: re.Pattern[str] | None  # "we ALWAYS pay on time": a habit, no statement about this debt
+    aside: dict[str, re.Pattern[str]]  # "the dispute LAST MONTH is RESOLVED": by intent, "all" for any
+    past: re.Pattern[str] | None  # "yesterday", "last week": a statement about what was done
+    future: re.Pattern[str] | None  # "tomorrow", "next week": a statement about what will be done
+    remainder: re.Pattern[str] | None  # "the rest", "the other half": only part was paid
+    anaphora: re.Pattern[str] | None  # "on that date": the date is the one written before
     phrases: tuple[Phrase, ...]
 
 
@@ -138,13 +148,30 @@ def _compile(patterns: list[str], flags: int = 0, words: dict[str, str] | None =
     return tuple(out)
 
 
-def _any(patterns: list[str]) -> re.Pattern[str] | None:
-    return re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+def _any(patterns: list[str], words: dict[str, str] | None = None) -> re.Pattern[str] | None:
+    return re.compile("|".join(f"(?:{p.pattern})" for p in _compile(patterns, words=words))) if patterns else None
 
 
 def _alternation(words: list[str]) -> str:
     """Longest first, so "sept" is tried before "sep"."""
     return "(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
+
+
+def _lexicon(table: dict[str, list[str]], known: dict[str, str]) -> dict[str, str]:
+    """The [words] section: named lists of regular-expression fragments, used in patterns as {name}.
+
+    A list may use the lists defined before it ({pay_participle} inside {pay_passive}), so a
+    vocabulary (payment nouns, verbs of paying in each tense) is written once and shared.
+    """
+    out: dict[str, str] = {}
+    for name, fragments in table.items():
+        if not isinstance(fragments, list) or not all(isinstance(f, str) for f in fragments):
+            raise ValueError(f"[words] {name} must be a list of strings")
+        joined = "(?:" + "|".join(fragments) + ")" if fragments else "(?!)"
+        for key, alternation in {**known, **out}.items():
+            joined = joined.replace("{" + key + "}", alternation)
+        out[name] = joined
+    return out
 
 
 def _indexed(groups: list[list[str]], start: int) -> dict[str, int]:
@@ -164,6 +191,7 @@ def _language(code: str, data: dict[str, Any]) -> Language:
         "month": _alternation(list(months)) if months else "(?!)",
         "number": _alternation(list(numbers)) if numbers else "(?!)",
     }
+    words.update(_lexicon(data.get("words", {}), words))
     phrases = []
     for intent, tiers in data.get("intent", {}).items():
         for tier, (weight, needs_date) in TIERS.items():
@@ -185,6 +213,7 @@ def _language(code: str, data: dict[str, Any]) -> Language:
         auto_subject=_compile(get("auto", "subject")),
         auto_body=_compile(get("auto", "body")),
         bounce_subject=_compile(get("auto", "bounce_subject")),
+        bounce_delay=_compile(get("auto", "bounce_delay")),
         moved=_compile(get("auto", "moved")),
         return_marker=_compile(get("auto", "return")),
         until_marker=_compile(get("auto", "until")),
@@ -195,9 +224,18 @@ def _language(code: str, data: dict[str, Any]) -> Language:
         date_spans=spans,
         currency_words=tuple(get("amounts", "currency")),
         invoice=_compile(get("invoices", "patterns")),
-        negation=_any(get("negation", "cues")),
-        conditional=_any(get("negation", "conditional")),
-        clause_break=_any(get("negation", "clause")),
+        negation=_any(get("negation", "cues"), words),
+        conditional=_any(get("negation", "conditional"), words),
+        clause_break=_any(get("negation", "clause"), words),
+        negation_after=_any(get("negation", "after"), words),
+        hedge=_any(get("negation", "hedge"), words),
+        subjects=frozenset(get("negation", "subjects")),
+        habitual=_any(get("negation", "habitual"), words),
+        aside={k: p for k, v in data.get("aside", {}).items() if (p := _any(v, words)) is not None},
+        past=_any(get("tense", "past"), words),
+        future=_any(get("tense", "future"), words),
+        remainder=_any(get("tense", "remainder"), words),
+        anaphora=_any(dates.get("anaphora", []), words),
         phrases=tuple(phrases),
     )
 

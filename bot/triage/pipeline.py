@@ -45,7 +45,14 @@ RETURN_DATE_REACH = 40
 
 MONEY_INTENTS = ("promise_to_pay", "payment_sent", "hardship")
 """Intents whose evidence an amount may belong to."""
-_SENTENCE_END = re.compile(r"[.!?](?!\d)|\n")
+_SENTENCE_END = re.compile(
+    r"(?<!\b[Nn]o)(?<!\b[Nn]r)(?<!\b[Nn]º)(?<!\bref)(?<!\binv)(?<!\bnum)(?<!\bfra)[.](?!\d)|[!?]|\n"
+)
+"""A sentence ends at . ! ? or a line break, not at a decimal point nor after "no." or "ref." ("invoice
+no. INV-1633 has been effected ... for USD 22,750.00" is one sentence)."""
+
+AUTO_REPLY_WORDING = frozenset({"other", "wrong_contact", "request_info"})
+"""What an auto-reply itself says ("for urgent matters please contact x@y"): no person's statement."""
 
 PERSONAL = 0.6
 """Confidence of a human intent that outweighs an auto-reply recognised by its body alone."""
@@ -128,6 +135,13 @@ def _classify(
     langs = ordered(lang, served)
     every = ordered(lang, (*served, *language_files()))
     found_dates = dates.find_dates(text, base_date, every) if base_date else []
+    past_dates = dates.find_dates(text, base_date, every, past=True) if base_date else []
+    # For the tense of a statement, "el día 10" written on the 18th is rather the 10th just past than next month's.
+    when = {
+        "has_future_date": bool(found_dates),
+        "future_dates": [f.start for f in found_dates if not f.rolled],
+        "past_dates": sorted([f.start for f in past_dates] + [f.start for f in found_dates if f.rolled]),
+    }
     result = Classification(
         intent="other",
         confidence=0.5,
@@ -150,8 +164,9 @@ def _classify(
     readers = [x for x in langs if x.code == lang and x.reads_intents] or langs
     verdict = automatic.detect(msg, text, frozenset(d.lower() for d in our_domains))
     if verdict is not None and verdict.body_only and lang in served:
-        said = intent.decide(text, readers, has_future_date=bool(found_dates))
-        verdict = None if said.intent != "other" and said.confidence >= PERSONAL else verdict
+        said = intent.decide(text, readers, **when)
+        personal = said.intent not in AUTO_REPLY_WORDING and said.confidence >= PERSONAL
+        verdict = None if personal else verdict
     if verdict is not None:
         label = _MACHINE_LABELS[verdict.kind]
         machine_text = verdict.kind in _MACHINE_TEXT
@@ -172,8 +187,8 @@ def _classify(
     if lang not in served and lang != language.UNDETERMINED:
         return result  # "other", for a person: we do not guess in a language we do not read
 
-    decision = intent.decide(text, readers, has_future_date=bool(found_dates))
-    dated = decision.intent in ("promise_to_pay", "hardship")
+    decision = intent.decide(text, readers, **when)
+    dated = decision.intent == "promise_to_pay"  # a hardship request proposes dates; it promises none
     return replace(
         result,
         intent=decision.intent,
@@ -194,11 +209,9 @@ def _amount(decision: intent.Decision, text: str, langs: list[Language]) -> Deci
     """The sum paid, promised or offered: in the sentence of the strongest such evidence, after it
     if there is one there ("we'll pay the remaining $2,340"), else the nearest before it."""
     amounts = extract.find_amounts(text, langs)
-    order = [decision.intent] if decision.intent in MONEY_INTENTS else []
-    for name in [*order, *MONEY_INTENTS]:
-        anchor = decision.anchors.get(name)
-        if anchor is None:
-            continue
+    own = list(decision.support) if decision.intent in MONEY_INTENTS else []
+    others = [decision.anchors[name] for name in MONEY_INTENTS if name in decision.anchors]
+    for anchor in dict.fromkeys([*own, *others]):  # the winner's evidence, strongest first, then the rest
         start, end = _sentence(text, anchor)
         after = [a for at, a in amounts if anchor <= at < end]
         before = [a for at, a in amounts if start <= at < anchor]
@@ -218,7 +231,9 @@ def _promised_date(
     decision: intent.Decision, found: list[dates.FoundDate], text: str, langs: list[Language]
 ) -> date | None:
     """The first date after the strongest evidence ("we will pay ... on Friday"), else one before it
-    in the same clause ("el viernes le pagamos"); a date elsewhere is about something else."""
+    in the same clause ("el viernes le pagamos"), or anywhere before it when its sentence points back
+    ("... isn't due until December 13. It will be released on that date"); a date elsewhere is about
+    something else."""
     if decision.anchor is None:
         return None
     after = [f for f in found if f.start >= decision.anchor]
@@ -226,7 +241,14 @@ def _promised_date(
         return after[0].value
     start = intent.clause_start(fold(text), decision.anchor, langs)
     before = [f for f in found if start <= f.start < decision.anchor]
-    return before[-1].value if before else None
+    if before:
+        return before[-1].value
+    end = _sentence(text, decision.anchor)[1]
+    folded = fold(text)
+    if any(lang.anaphora is not None and lang.anaphora.search(folded, start, end) for lang in langs):
+        earlier = [f for f in found if f.start < start]
+        return earlier[-1].value if earlier else None
+    return None
 
 
 def _return_date(text: str, found: list[dates.FoundDate], langs: list[Language]) -> date | None:

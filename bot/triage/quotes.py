@@ -38,6 +38,8 @@ _FIELD = re.compile(r"^[*>\s]*([a-z][a-z ]{0,15}?)\s*:\*?(?:\s|$)")
 _NAME_TAIL = re.compile(r"[,\s]+(?:[A-Z][\w.'-]*\s*){1,3}$")
 """A signed closing such as "Thanks, John Smith": the capitalised name is dropped before matching."""
 _CONTACT = re.compile(r"\|| \+?\(?\d[\d ().-]{6,}\d|@|www\.|https?://|\b(?:tel|phone|mobile|m|t|cel|movil|fax)\b\.?:")
+_SENTENCE = re.compile(r"^(?:\S+\s+){3,}\S*[a-z]\.$|[a-z]{2}\.\s+[A-Z][a-z]")
+"""Prose rather than a signature line: four words or more ending in a full stop, or two sentences."""
 _RULE = re.compile(r"^\s*(?:[-_=*~](?: ?[-_=*~]){2,}\s*)?$")
 """A blank line or a drawn rule left over above a cut quote."""
 
@@ -130,14 +132,17 @@ def _signature_start(folded: list[str], table: list[Language]) -> int:
 
 
 def _signature_block(lines: list[str]) -> int:
-    """Start of a trailing block that reads like a signature: short lines, no question, and a phone
-    number, an address, a "|" or a web site among them (caught even without "Regards" before it)."""
+    """Start of a trailing block that reads like a signature: short lines, no question, no sentence,
+    and a phone number, an address, a "|" or a web site among them (caught even without "Regards"
+    before it). What follows only a greeting is the message, however short ("Olá, / Estou em férias.
+    Retorno em 12/01. / Para assuntos urgentes, contate x@y")."""
     blank = [i for i, line in enumerate(lines) if not line.strip()]
     if not blank:
         return len(lines)
     block = [line.strip() for line in lines[blank[-1] + 1 :] if line.strip()]
-    short = all(len(line.split()) <= 8 and not line.endswith("?") for line in block)
-    if block and short and any(_CONTACT.search(line) for line in block):
+    short = all(len(line.split()) <= 8 and not line.endswith("?") and not _SENTENCE.search(line) for line in block)
+    said = any(line.strip() and not _greeting(fold(line).strip()) for line in lines[: blank[-1]])
+    if block and short and said and any(_CONTACT.search(line) for line in block):
         return blank[-1]
     return len(lines)
 

@@ -115,4 +115,5 @@ def test_idle_picks_up_a_reply_within_seconds(clean_mailstack: MailStack, tmp_pa
     latency = asyncio.run(asyncio.wait_for(scenario(), 40))
     (recorded,) = store.replies_for()
     assert recorded["customer_id"] == "C3" and recorded["intent"] == "request_info"
-    assert latency < 5, f"IDLE took {latency:.2f} s"
+    # Behaviour, not speed (bench/triage.py measures that): IDLE answers in seconds, polling would take 60 s.
+    assert latency < 10, f"IDLE took {latency:.2f} s"

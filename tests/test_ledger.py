@@ -145,3 +145,32 @@ def test_unreadable_files_raise_one_clear_error(tmp_path: Path, setup: str, mess
     with pytest.raises(LedgerError, match=message) as info:
         read_ledger(settings_for(path))
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_invoices_are_ordinary_frozen_invoices(tmp_path: Path) -> None:
+    """The reader builds invoices through a faster path; what comes out must not differ in any way."""
+    from dataclasses import FrozenInstanceError
+
+    from bot.ledger import Invoice
+
+    (inv,) = read_ledger(settings_for(write(tmp_path, GOOD))).open_invoices
+    assert type(inv) is Invoice
+    assert inv == Invoice(inv.invoice_id, inv.customer, "GBP", Decimal("100.00"), Decimal("60.00"),
+                          date(2026, 1, 5), date(2026, 2, 4), 2)
+    assert hash(inv) == hash(replace(inv))
+    with pytest.raises(FrozenInstanceError):
+        inv.balance = Decimal(0)  # type: ignore[misc]
+
+
+def test_repeated_values_take_the_fast_path_and_bad_ones_still_get_their_reason(tmp_path: Path) -> None:
+    rows = [GOOD.replace("INV-1", f"INV-{n}") for n in range(1, 4)]
+    rows.append(GOOD.replace("INV-1", "INV-4").replace(",100.00,60.00,", ",100.00,-1,"))
+    rows.append(GOOD.replace("INV-1", "INV 5"))
+    rows.append(GOOD.replace("INV-1", "INV-2"))
+    ledger = read_ledger(settings_for(write(tmp_path, *rows)))
+    assert [i.invoice_id for i in ledger.open_invoices] == ["INV-1", "INV-3"]
+    assert [(p.line, p.reason.split(" (")[0]) for p in ledger.problems] == [
+        (3, "duplicate invoice_id 'INV-2'; neither row is used"), (5, "balance '-1' is negative"),
+        (6, "invoice_id 'INV 5' is empty, too long or has spaces or control characters"),
+        (7, "duplicate invoice_id 'INV-2'")]
+    assert ledger.open_invoices[0].customer is ledger.open_invoices[1].customer

@@ -289,3 +289,13 @@ def test_a_broken_promise_moves_to_the_next_stage_at_once(settings: Settings) ->
     at_the_top = History(stages_sent={"I1": frozenset({"final"})}, bump=frozenset({"C1"}))
     late = invoice("I1", TUESDAY - timedelta(days=70))
     assert plan([late], at_the_top, at(TUESDAY), settings).reminders == []
+
+
+def test_one_contact_under_customer_rows_spelt_two_ways(settings: Settings) -> None:
+    first = customer()
+    spelt = replace(first, name="Customer C1 S.L.")  # same id and address, another Customer object
+    invoices = [invoice("I1", TUESDAY - timedelta(days=8), first), invoice("I2", TUESDAY - timedelta(days=15), spelt),
+                invoice("I3", TUESDAY - timedelta(days=9), first)]
+    (reminder,) = plan(invoices, History(), at(TUESDAY), settings).reminders
+    assert reminder.customer is first and reminder.invoice_ids == ("I2", "I3", "I1")
+    assert plan(iter(invoices), History(), at(TUESDAY), settings).reminders == [reminder]

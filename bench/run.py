@@ -1,0 +1,87 @@
+"""Run the benchmarks and rewrite their sections of docs/performance.md.
+
+    python -m bench.run [plan|send|all] [--repeats N]
+
+Each benchmark owns one section of the file, between `<!-- NAME:start -->` and `<!-- NAME:end -->` (the
+convention the other benchmarks there follow); everything else in the file is left as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import machine
+from bench import plan as plan_bench
+from bench import send as send_bench
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "performance.md"
+INTRO = """# Performance
+
+Measured by the benchmarks in `bench/` (they are not tests). The machines this runs on are shared and
+noisy, so no figure here is a promise: every target is a ratio against a baseline measured side by side
+in the same run, each figure the best of interleaved repetitions, and the machine is named with it.
+
+Reproduce: `make bench` (installs the mail stack's packages, then runs everything), or one benchmark:
+`python -m bench.run plan` / `python -m bench.run send`. Each rewrites only its own section below.
+"""
+
+
+def _plan(repeats: int) -> str:
+    started = time.monotonic()
+    result = plan_bench.run(repeats, log=_log)
+    return _section("plan", "Planning a million invoices", plan_bench.__doc__ or "", plan_bench.markdown(result),
+                    "python -m bench.run plan", time.monotonic() - started)
+
+
+def _send(repeats: int) -> str:
+    started = time.monotonic()
+    result = send_bench.run(repeats, log=_log)
+    return _section("send", "Sending 10,000 reminders through a real Postfix", send_bench.__doc__ or "",
+                    send_bench.markdown(result), "python -m bench.run send", time.monotonic() - started)
+
+
+BENCHMARKS: dict[str, Callable[[int], str]] = {"plan": _plan, "send": _send}
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _section(name: str, title: str, doc: str, body: str, command: str, seconds: float) -> str:
+    what = " ".join(doc.split("\n\n", 1)[-1].split())
+    return (f"<!-- {name}:start -->\n## {title}\n\n{what}\n\n{body}\n\n"
+            f"Machine: {machine.describe()}. The run took {seconds / 60:.1f} min.\n\n"
+            f"Reproduce: `make bench` (both benchmarks; installs the mail stack's packages first) or `{command}`.\n"
+            f"<!-- {name}:end -->")
+
+
+def write(name: str, section: str, doc: Path = DOC) -> None:
+    """Replace the benchmark's section (or append it), keeping the rest of the file."""
+    text = doc.read_text() if doc.exists() else INTRO
+    pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.DOTALL)
+    text, found = pattern.subn(lambda _: section, text)
+    if not found:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run Dunbot's benchmarks; results go to docs/performance.md.")
+    parser.add_argument("which", nargs="?", default="all", choices=[*BENCHMARKS, "all"])
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (default 3)")
+    args = parser.parse_args()
+    for name in BENCHMARKS if args.which == "all" else [args.which]:
+        section = BENCHMARKS[name](args.repeats)
+        write(name, section)
+        print(section)
+
+
+if __name__ == "__main__":
+    main()

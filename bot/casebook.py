@@ -321,6 +321,13 @@ class CaseBook:
             self._require(c, customer_id)
             event(c, customer_id, actor=actor, kind="note", summary=text.strip(), now=now)
 
+    def corrected_replies(self) -> list[dict[str, Any]]:
+        """Every reply a person corrected, with the right reading: a labelled set for `dunbot triage eval`."""
+        q = (sa.select(replies.c.id, replies.c.raw, replies.c.language, feedback.c.intent, feedback.c.promised_date)
+             .join(feedback, feedback.c.reply_id == replies.c.id).order_by(replies.c.id))
+        with self.store.engine.begin() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
+
     def correct(self, reply_id: int, intent: str, promised_date: date | None, actor: str, now: datetime) -> str:
         """Record the right reading of a reply, kept as feedback for `dunbot triage eval`; returns the customer."""
         with self.store.engine.begin() as c:

@@ -178,3 +178,29 @@ def test_a_broken_promise_moves_up_and_two_escalate(world: tuple[Path, Path], tm
     run("send", "--config", str(config), "--now", "2026-12-14T11:00:00+01:00")
     assert {e["customer_id"]: e["reason"] for e in store.open_escalations()}["C2"] == "broken_promises"
     assert [r["stage"] for r in store.reminders_for("C2")] == ["second", "third"]
+
+
+def test_corrected_readings_become_a_labelled_set_for_eval(world: tuple[Path, Path], tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from bot.casebook import CaseBook
+    from bot.config import load_settings
+
+    config, _ledger = world
+    inbox = mailbox.Maildir(tmp_path / "var" / "inbox", create=True)
+    inbox.add(answer(sent_to(tmp_path)["ap@damaged.test"], "ap@damaged.test",
+                     "We sent the transfer for half; the rest follows when the replacement arrives."))
+    run("inbox", "poll", "--config", str(config), "--now", "2026-11-24T14:00:00+01:00")
+    settings = load_settings(config)
+    store = Store.open(settings.store_url)
+    (reply,) = store.replies_for("C3")
+    CaseBook(store, settings).correct(reply["id"], "dispute", None, "laura", datetime(2026, 11, 24, 15, tzinfo=UTC))
+    folder = tmp_path / "feedback"
+    code, out = run("triage", "feedback", str(folder), "--config", str(config))
+    assert code == 0 and "1 corrected replies written" in out
+    label = json.loads((folder / "labels-feedback.jsonl").read_text())
+    assert label == {"file": f"reply-{reply['id']}.eml", "intent": "dispute", "language": reply["language"],
+                     "promised_date": None}
+    assert (folder / label["file"]).read_bytes() == reply["raw"]
+    code, out = run("triage", "eval", str(folder))
+    assert code == 0 and "messages            1" in out

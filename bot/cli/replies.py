@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
+from bot.casebook import CaseBook
 from bot.cli.common import (
     PROBLEMS,
     USAGE,
@@ -67,6 +68,31 @@ def triage_classify(config_path: Path, files: tuple[Path, ...], as_json: bool) -
             extra = f" promised {record['promised_date']}" if record["promised_date"] else ""
             click.echo(f"{path}: {c.intent} ({c.confidence:.2f}, {c.language}){extra}"
                        f"{' -> a person' if c.escalate else ''}; evidence: {'; '.join(c.evidence) or '-'}")
+
+
+@triage_group.command("feedback")
+@_common
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def triage_feedback(settings: Settings, folder: Path) -> None:
+    """Write every reply a person corrected on the triage page to FOLDER, as .eml files with labels.jsonl.
+
+    `dunbot triage eval FOLDER` then scores the classifier against what people said the replies meant.
+    """
+    store = _open_store(settings)
+    try:
+        corrected = CaseBook(store, settings).corrected_replies()
+    finally:
+        store.close()
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for row in corrected:
+        name = f"reply-{row['id']}.eml"
+        (folder / name).write_bytes(row["raw"])
+        promised = row["promised_date"].isoformat() if row["promised_date"] else None
+        lines.append(json.dumps({"file": name, "intent": row["intent"], "language": row["language"],
+                                 "promised_date": promised}))
+    (folder / "labels-feedback.jsonl").write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    click.echo(f"{len(lines)} corrected replies written to {folder}; score them with `dunbot triage eval {folder}`")
 
 
 @triage_group.command("eval")

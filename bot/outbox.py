@@ -127,19 +127,25 @@ class _Breaker:
 
 
 async def deliver(store: Store, transport: Transport, clock: Callable[[], datetime], retry: Retry, report: Report,
-                  *, workers: int = 1, stop: asyncio.Event | None = None, retry_for: float = 0.0) -> Report:
-    """Send every due reminder; with `retry_for` > 0, keep retrying temporary failures for that many seconds."""
-    recover(store, report)
+                  *, workers: int = 1, stop: asyncio.Event | None = None, retry_for: float = 0.0,
+                  only: frozenset[str] | None = None) -> Report:
+    """Send every due reminder; with `retry_for` > 0, keep retrying temporary failures for that many seconds.
+
+    `only` limits the pass to those Message-IDs (a hand-written reply sent at once): such a pass leaves
+    everything else alone, including reminders another process is sending, so it recovers nothing.
+    """
+    if only is None:
+        recover(store, report)
     deadline = clock() + timedelta(seconds=retry_for)
     breaker = _Breaker(workers + 2)
     stop = stop or asyncio.Event()
     while True:
-        due = store.due(clock())
+        due = store.due(clock(), only=only)
         if due:
             await _send_all(due, store, transport, clock, retry, report, workers, breaker, stop)
         if report.aborted or stop.is_set():
             break
-        next_at = store.next_retry()
+        next_at = store.next_retry() if only is None else None
         if next_at is None or next_at > deadline:
             break
         await _sleep_until(next_at, clock, stop)

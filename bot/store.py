@@ -199,7 +199,7 @@ class Store:
                     self._insert_many(c, batch, now)
                 else:
                     for item in batch:
-                        self._insert(c, item, now)
+                        self.insert_queued(c, item, now)
             return [item.message_id for item in batch]
         except IntegrityError:
             pass
@@ -207,7 +207,7 @@ class Store:
         for item in batch:
             try:
                 with self._tx() as c:
-                    self._insert(c, item, now)
+                    self.insert_queued(c, item, now)
                 queued.append(item.message_id)
             except IntegrityError:
                 log.info("reminder %s for customer %s was already queued; skipped", item.message_id,
@@ -227,9 +227,11 @@ class Store:
                  "balance": balance} for inv, balance in item.balances]
 
     @staticmethod
-    def _insert(c: Connection, item: Queued, now: datetime) -> None:
+    def insert_queued(c: Connection, item: Queued, now: datetime) -> None:
+        """Record one reminder inside the caller's transaction (with an event of its own, say)."""
         rid = c.execute(reminders.insert().values(**Store._row(item, now))).inserted_primary_key[0]
-        c.execute(reminder_invoices.insert(), Store._invoice_rows(rid, item))
+        if item.balances:
+            c.execute(reminder_invoices.insert(), Store._invoice_rows(rid, item))
 
     @staticmethod
     def _insert_many(c: Connection, batch: Sequence[Queued], now: datetime) -> None:
@@ -238,8 +240,9 @@ class Store:
             return
         ids = c.execute(reminders.insert().returning(reminders.c.id, sort_by_parameter_order=True),
                         [Store._row(item, now) for item in batch]).scalars().all()
-        c.execute(reminder_invoices.insert(),
-                  [row for rid, item in zip(ids, batch, strict=True) for row in Store._invoice_rows(rid, item)])
+        rows = [row for rid, item in zip(ids, batch, strict=True) for row in Store._invoice_rows(rid, item)]
+        if rows:
+            c.execute(reminder_invoices.insert(), rows)
 
     def recover_interrupted(self) -> list[tuple[int, str, str]]:
         """Put reminders caught mid-send by a crash back in the queue; returns them for the log.
@@ -253,12 +256,14 @@ class Store:
                 c.execute(reminders.update().where(reminders.c.status == SENDING).values(status=QUEUED))
         return [(r[0], r[1], r[2]) for r in rows]
 
-    def due(self, now: datetime, limit: int | None = None) -> list[Outgoing]:
+    def due(self, now: datetime, limit: int | None = None, only: frozenset[str] | None = None) -> list[Outgoing]:
         q = (sa.select(reminders.c.id, reminders.c.message_id, reminders.c.customer_id, reminders.c.sender,
                        reminders.c.recipients, reminders.c.raw, reminders.c.attempts)
              .where(reminders.c.status == QUEUED)
              .where(sa.or_(reminders.c.next_attempt_at.is_(None), reminders.c.next_attempt_at <= now))
              .order_by(reminders.c.id))
+        if only is not None:
+            q = q.where(reminders.c.message_id.in_(sorted(only)))
         if limit:
             q = q.limit(limit)
         with self._tx() as c:

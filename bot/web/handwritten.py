@@ -9,16 +9,15 @@ reminder, and the customer's answer is matched to the case by its References.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from datetime import datetime
 from email.errors import MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
-from typing import Any, cast
+from typing import Any
 
 from bot import outbox
 from bot.casebook import event
@@ -26,8 +25,7 @@ from bot.cli.dunning import make_transport
 from bot.config import Settings
 from bot.errors import DunbotError
 from bot.messages import POLICY
-from bot.schema import reminders
-from bot.store import QUEUED, Outgoing, Queued, Store
+from bot.store import Queued, Store
 from bot.users import User
 from bot.web.pages import decode_subject
 from bot.web.queries import Mail
@@ -96,46 +94,15 @@ def compose(case: dict[str, Any], mails: list[Mail], subject: str, body: str, au
 def record(store: Store, queued: Queued, body: str, author: User, now: datetime) -> None:
     """Queue the reply and note in the timeline who wrote what, in one transaction.
 
-    The row is the one `Store.enqueue` writes for a reminder, without invoice rows: a reply pays
-    nothing off, so the dunning pass never withdraws it as stale. (`Store.enqueue` itself cannot
-    record a message without invoices yet: its executemany of no rows fails. Once store.py skips
-    that, this can call it, at the cost of the event's own transaction.)
+    It is recorded like a reminder but without invoices: a reply pays nothing off, so the dunning pass
+    never withdraws it as stale, and it joins the case's thread like any reminder.
     """
     with store.engine.begin() as c:
-        c.execute(reminders.insert().values(
-            message_id=queued.message_id, customer_id=queued.customer_id, contact=queued.contact, track=queued.track,
-            stage=queued.stage, language=queued.language, sender=queued.sender,
-            recipients=json.dumps(list(queued.recipients)), subject=queued.subject, raw=queued.raw, status=QUEUED,
-            attempts=0, next_attempt_at=None, created_at=now))
+        Store.insert_queued(c, queued, now)
         event(c, queued.customer_id, actor=author.username, kind=STAGE, now=now,
               summary=f"reply to {queued.contact}: {queued.subject}",
               detail={"message_id": queued.message_id, "to": queued.contact, "subject": queued.subject,
                       "body": body.strip()})
-
-
-class _Only:
-    """The store as `outbox.deliver` sees it, narrowed to our own messages.
-
-    `deliver` sends every due reminder and first puts every "sending" one back in the queue; a
-    dunning pass may be running at the same moment, so the page must neither touch its reminders
-    nor "recover" the ones it is sending. Anything that stays queued here (a temporary failure) is
-    sent by the next dunning pass, like any reminder.
-    """
-
-    def __init__(self, store: Store, message_ids: Collection[str]) -> None:
-        self.store, self.message_ids = store, frozenset(message_ids)
-
-    def recover_interrupted(self) -> list[tuple[int, str, str]]:
-        return []
-
-    def due(self, now: datetime, limit: int | None = None) -> list[Outgoing]:
-        return [o for o in self.store.due(now) if o.message_id in self.message_ids][:limit]
-
-    def next_retry(self) -> datetime | None:
-        return None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
 
 
 async def deliver(store: Store, settings: Settings, message_id: str, clock: Callable[[], datetime]) -> None:
@@ -144,8 +111,8 @@ async def deliver(store: Store, settings: Settings, message_id: str, clock: Call
         transport, _workers = make_transport(settings)
         await transport.open()
         try:
-            report = await outbox.deliver(cast(Store, _Only(store, {message_id})), transport, clock,
-                                          outbox.Retry.from_settings(settings), outbox.Report())
+            report = await outbox.deliver(store, transport, clock, outbox.Retry.from_settings(settings),
+                                          outbox.Report(), only=frozenset({message_id}))
         finally:
             await transport.close()
     except Exception:

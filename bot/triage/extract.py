@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
-from functools import cache
+from functools import cache, lru_cache
 
 from bot.triage.phrases import Language, common, fold
 
@@ -59,11 +59,17 @@ def find_amounts(text: str, langs: Iterable[Language]) -> list[tuple[int, Decima
 
 def find_invoices(text: str, langs: Iterable[Language], known: frozenset[str]) -> tuple[str, ...]:
     """Invoice references in reading order: known ids, common shapes, and "invoice 1042" phrases."""
-    by_digits = {re.sub(r"\D", "", k): k for k in known if re.search(r"\d", k)}
+    by_digits = _by_digits(known)
     folded = fold(text)
     found: list[tuple[int, str]] = []
-    for ref in known:
-        found += [(m.start(), ref) for m in re.finditer(rf"(?<![\w-]){re.escape(fold(ref))}(?![\w-])", folded)]
+    if known:
+        ids = _folded_ids(known)
+        for m in _TOKEN.finditer(folded):
+            token = m.group()
+            for candidate in (token, *token.split("/"), token.rstrip("./")):
+                if candidate in ids:
+                    found.append((m.start() + (token.find(candidate) if candidate != token else 0), ids[candidate]))
+                    break
     for shape in common().invoice_shapes:
         found += [(m.start(), m.group().upper()) for m in shape.finditer(text)]
     for lang in langs:
@@ -76,6 +82,21 @@ def find_invoices(text: str, langs: Iterable[Language], known: frozenset[str]) -
         if not any(ref in r or _same(ref, r) for r in refs):
             refs.append(ref)
     return tuple(refs)
+
+
+# A word that could be an invoice number: letters, digits and the separators numbers use inside.
+_TOKEN = re.compile(r"(?<![\w-])\w[\w/.-]*")
+
+
+@lru_cache(maxsize=32)
+def _folded_ids(known: frozenset[str]) -> dict[str, str]:
+    """Known invoice ids by their folded form: one dictionary look-up per word, whatever the ledger's size."""
+    return {fold(ref): ref for ref in known}
+
+
+@lru_cache(maxsize=32)
+def _by_digits(known: frozenset[str]) -> dict[str, str]:
+    return {re.sub(r"\D", "", k): k for k in known if re.search(r"\d", k)}
 
 
 def _same(a: str, b: str) -> bool:

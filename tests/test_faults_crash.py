@@ -24,7 +24,7 @@ from test_daemon import daemon_config, start_daemon_process, store_of, wait_for
 from test_faults_imap import folders
 
 pytestmark = [pytest.mark.mail, pytest.mark.slow]
-REPLIES, STRANGERS, KILLS = 300, 20, 6
+REPLIES, STRANGERS, KILLS = 400, 20, 6
 TEXTS = ("We paid this yesterday by wire transfer.", "We will pay on Friday without fail.",
          "The goods arrived damaged, we will not pay.", "Could you send us a copy of the invoice?",
          "Please write to our new accounts payable address from now on.", "Gracias, pagaremos la semana que viene.")
@@ -63,6 +63,8 @@ def finish(config: Path, log: Path, progress: Callable[[], int], total: int, tim
     process = start_daemon_process(config, log)
     try:
         wait_for(lambda: progress() >= total, timeout, "the last run to finish the work")
+        started = f"dunbot daemon running (pid {process.pid})"
+        wait_for(lambda: started in log.read_text(errors="replace"), timeout, "the last run to be up")
         time.sleep(0.5)
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
@@ -108,7 +110,7 @@ def test_kill_nine_during_inbox_processing_loses_and_repeats_no_reply(clean_mail
     def recorded() -> int:
         return len(store_of(config).replies_for())
 
-    kills, mid = kill_at_random(config, log, rng, recorded, REPLIES, (2.0, 4.5))
+    kills, mid = kill_at_random(config, log, rng, recorded, REPLIES, (1.0, 2.5))
     assert mid >= KILLS // 2, f"seed {seed}: only {mid} kills landed mid-processing; the test proves nothing"
     finish(config, log, lambda: recorded() if in_inbox(stack) == STRANGERS else 0, REPLIES, 90)
 

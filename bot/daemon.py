@@ -220,8 +220,8 @@ class InstanceLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
-    _KEY = "SELECT pg_try_advisory_lock(hashtext(current_schema() || ':dunbot.daemon'))"
-    _UNLOCK = "SELECT pg_advisory_unlock(hashtext(current_schema() || ':dunbot.daemon'))"
+    _KEY = "SELECT pg_try_advisory_lock(hashtext(current_schema() || '/dunbot.daemon'))"
+    _UNLOCK = "SELECT pg_advisory_unlock(hashtext(current_schema() || '/dunbot.daemon'))"
 
     def _acquire_advisory(self) -> None:
         try:

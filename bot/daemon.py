@@ -59,7 +59,7 @@ from bot.schema import daemon_status, escalations, ledger_checks, notifications,
 from bot.store import QUEUED, SENDING, Store, engine_safe
 from bot.templates import Rendered, Templates
 from bot.templates import check as check_templates
-from bot.transports import MaildirTransport, SmtpTransport, Transport
+from bot.transports import make_transport
 from bot.users import all_users
 
 log = logging.getLogger(__name__)
@@ -155,14 +155,6 @@ def _loopback(host: str) -> bool:
     except ValueError:
         return host == "localhost"
 
-
-def make_transport(settings: Settings) -> tuple[Transport, int]:
-    t = settings.transport
-    if t.kind == "smtp":
-        assert t.smtp is not None
-        return SmtpTransport(t.smtp), t.smtp.connections
-    assert t.maildir is not None
-    return MaildirTransport(t.maildir), 1
 
 
 def previous_fire(trigger: CronTrigger, now: datetime, lookback: timedelta = timedelta(days=8)) -> datetime | None:

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import aiosmtplib
 
-from bot.config import SmtpSettings
+from bot.config import Settings, SmtpSettings
 from bot.errors import ConfigurationFailure, DeliveryError, PermanentFailure, TemporaryFailure
 
 log = logging.getLogger(__name__)
@@ -450,3 +450,13 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def make_transport(settings: Settings) -> tuple[Transport, int]:
+    """The configured transport, and how many messages it can carry at once."""
+    t = settings.transport
+    if t.kind == "smtp":
+        assert t.smtp is not None
+        return SmtpTransport(t.smtp), t.smtp.connections
+    assert t.maildir is not None
+    return MaildirTransport(t.maildir), 1

@@ -25,11 +25,11 @@ from bot import notify, reports
 from bot.casebook import STATES, CaseBook, CaseError
 from bot.casefile import export
 from bot.cli.common import OK, PROBLEMS, _common, _error, _now_option, _open_store, clock_from, main, parse_now
-from bot.cli.dunning import make_transport
 from bot.config import Settings
 from bot.outbox import Retry
 from bot.schema import cases, customers
 from bot.store import Store
+from bot.transports import make_transport
 from bot.users import ROLES, add_user, all_users
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -47,7 +47,7 @@ from bot.policy import (
 )
 from bot.store import Store
 from bot.templates import Templates, check
-from bot.transports import MaildirTransport, SmtpTransport, Transport
+from bot.transports import make_transport
 
 
 def _read(settings: Settings, quiet: bool = False) -> Ledger:
@@ -131,14 +131,6 @@ def _print_plan(result: Plan, out: Console) -> None:
     out.print(f"{len(result.reminders)} to send, {len(result.escalations)} to escalate, "
               f"{len(result.waiting)} waiting, {len(result.held)} held", highlight=False)
 
-
-def make_transport(settings: Settings) -> tuple[Transport, int]:
-    t = settings.transport
-    if t.kind == "smtp":
-        assert t.smtp is not None
-        return SmtpTransport(t.smtp), t.smtp.connections
-    assert t.maildir is not None
-    return MaildirTransport(t.maildir), 1
 
 
 @main.command("plan")

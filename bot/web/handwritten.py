@@ -21,11 +21,11 @@ from typing import Any
 
 from bot import outbox
 from bot.casebook import event
-from bot.cli.dunning import make_transport
 from bot.config import Settings
 from bot.errors import DunbotError
 from bot.messages import POLICY
 from bot.store import Queued, Store
+from bot.transports import make_transport
 from bot.users import User
 from bot.web.pages import decode_subject
 from bot.web.queries import Mail

@@ -128,8 +128,12 @@ def prepare(store: Store, invoices: list[Invoice], now: datetime, settings: Sett
     review_holds(store, by_id, now, settings)
     store.close_paid({invoice.customer.customer_id for invoice in invoices}, now)
     cancel_stale(store, by_id, report)
-    dunned = with_installments(invoices, store.active_installments())
-    return plan(dunned, load_history(store, now), now, settings)
+    return plan_from_store(store, invoices, now, settings)
+
+
+def plan_from_store(store: Store, invoices: list[Invoice], now: datetime, settings: Settings) -> Plan:
+    """The plan as the store stands, changing nothing: what `dunbot plan` shows and `dunbot send` acts on."""
+    return plan(with_installments(invoices, store.active_installments()), load_history(store, now), now, settings)
 
 
 async def send_pass(store: Store, invoices: list[Invoice], transport: Transport, workers: int,

@@ -41,7 +41,6 @@ from bot.policy import (
     language_for,
     locale_for,
     message_id,
-    plan,
     timezone_for,
     track_for,
 )
@@ -73,12 +72,11 @@ def _report_problems(ledger: Ledger, limit: int | None = 20) -> None:
 
 
 def _plan(settings: Settings, now: datetime, ledger: Ledger, store: Store) -> Plan:
-    history = dunning.load_history(store, now)
     if len(ledger.open_invoices) < PROGRESS_ROWS or not err.is_terminal:
-        return plan(ledger.open_invoices, history, now, settings)
+        return dunning.plan_from_store(store, ledger.open_invoices, now, settings)
     with Progress(TextColumn("planning"), BarColumn(), TimeElapsedColumn(), console=err, transient=True) as p:
         task = p.add_task("plan", total=1)
-        result = plan(ledger.open_invoices, history, now, settings)
+        result = dunning.plan_from_store(store, ledger.open_invoices, now, settings)
         p.update(task, completed=1)
     return result
 

@@ -173,17 +173,17 @@ class _Marks:
     def __init__(self, store: Store, report: Report) -> None:
         self.store, self.report = store, report
         self.sending: list[int] = []
-        self.waiting: list[asyncio.Future[None]] = []
+        self.waiting: list[asyncio.Future[bool]] = []
         self.sent: list[tuple[int, datetime, str]] = []
         self.committer: asyncio.Task[None] | None = None
 
-    async def mark_sending(self, rid: int) -> None:
-        """Return once the reminder is recorded as being sent; StoreError if it cannot be."""
-        future = asyncio.get_running_loop().create_future()
+    async def mark_sending(self, rid: int) -> bool:
+        """True once the reminder is recorded as being sent by us; False if another sender claimed it first."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.sending.append(rid)
         self.waiting.append(future)
         self._commit()
-        await future
+        return await future
 
     def mark_sent(self, rid: int, at: datetime, reply: str) -> None:
         self.sent.append((rid, at, reply))
@@ -199,7 +199,7 @@ class _Marks:
                 sending, waiting, sent = self.sending, self.waiting, self.sent
                 self.sending, self.waiting, self.sent = [], [], []
                 try:
-                    await asyncio.to_thread(self.store.mark, sending, sent)
+                    claimed = await asyncio.to_thread(self.store.mark, sending, sent)
                 except BaseException as exc:
                     # Nobody waits for ever: the workers get the error (a StoreError stops the pass,
                     # anything else ends it, as it did before marks were grouped).
@@ -214,9 +214,9 @@ class _Marks:
                         raise
                     _abort(self.report, f"the store cannot record sends, so nothing more is sent: {exc}")
                     continue
-                for future in waiting:
+                for rid, future in zip(sending, waiting, strict=True):
                     if not future.done():
-                        future.set_result(None)
+                        future.set_result(rid in claimed)
         finally:
             self.committer = None
 
@@ -247,7 +247,9 @@ async def _send_all(due: Iterable[Outgoing], store: Store, transport: Transport,
 async def _send_one(item: Outgoing, store: Store, marks: _Marks, transport: Transport,
                     clock: Callable[[], datetime], retry: Retry, report: Report, breaker: _Breaker) -> None:
     try:
-        await marks.mark_sending(item.id)
+        if not await marks.mark_sending(item.id):
+            log.info("reminder %s is being sent by another process; left to it", item.message_id)
+            return
     except StoreError as exc:
         _abort(report, f"the store cannot record sends, so nothing more is sent: {exc}")
         return

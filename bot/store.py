@@ -294,27 +294,34 @@ class Store:
                               .where(reminders.c.status == QUEUED)).scalar()
         return _utc(value) if value else None
 
-    def mark_sending(self, rid: int) -> None:
-        with self._tx() as c:
-            c.execute(reminders.update().where(reminders.c.id == rid).values(
-                status=SENDING, attempts=reminders.c.attempts + 1))
+    def mark_sending(self, rid: int) -> bool:
+        """Claim one queued reminder for sending; False when another sender has it already."""
+        return rid in self.mark(sending=[rid])
 
     def mark_sent(self, rid: int, now: datetime, reply: str) -> None:
         with self._tx() as c:
             c.execute(reminders.update().where(reminders.c.id == rid).values(
                 status=SENT, sent_at=now, server_reply=reply[:500], last_error=None, next_attempt_at=None))
 
-    def mark(self, sending: Sequence[int] = (), sent: Sequence[tuple[int, datetime, str]] = ()) -> None:
-        """mark_sending and mark_sent for several reminders in one transaction: the outbox's group commit."""
+    def mark(self, sending: Sequence[int] = (), sent: Sequence[tuple[int, datetime, str]] = ()) -> set[int]:
+        """mark_sending and mark_sent for several reminders in one transaction: the outbox's group commit.
+
+        Returns the reminders this call claimed for sending: one still queued is claimed; one another
+        process claimed first (it is "sending" or "sent" already) is not, and must not be sent here.
+        """
+        claimed: set[int] = set()
         with self._tx() as c:
             if sending:
-                c.execute(reminders.update().where(reminders.c.id.in_(sending)).values(
-                    status=SENDING, attempts=reminders.c.attempts + 1))
+                claimed = set(c.execute(reminders.update().where(reminders.c.id.in_(sending))
+                                        .where(reminders.c.status == QUEUED)
+                                        .values(status=SENDING, attempts=reminders.c.attempts + 1)
+                                        .returning(reminders.c.id)).scalars())
             if sent:
                 c.execute(reminders.update().where(reminders.c.id == sa.bindparam("rid")).values(
                     status=SENT, sent_at=sa.bindparam("at", type_=reminders.c.sent_at.type),
                     server_reply=sa.bindparam("reply"), last_error=None, next_attempt_at=None),
                     [{"rid": rid, "at": at, "reply": reply[:500]} for rid, at, reply in sent])
+        return claimed
 
     def mark_retry(self, rid: int, at: datetime, error: str) -> None:
         with self._tx() as c:

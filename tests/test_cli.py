@@ -127,3 +127,18 @@ def test_configuration_errors_exit_2(tmp_path: Path, setup: str, message: str) -
 def test_bad_now_is_a_usage_error(tmp_path: Path) -> None:
     code, _, err = run("plan", "--config", str(make_config(tmp_path)), "--now", "next tuesday")
     assert code == 2 and "--now" in err
+
+
+def test_send_refuses_while_the_daemon_holds_the_store(tmp_path: Path) -> None:
+    from bot.config import load_settings
+    from bot.daemon import InstanceLock
+
+    config = make_config(tmp_path)
+    lock = InstanceLock(load_settings(config).store_url)
+    lock.acquire()
+    try:
+        code, _, err = run("send", "--config", str(config), "--now", NOW)
+    finally:
+        lock.release()
+    assert code == 1 and "already works on the store" in err
+    assert not (tmp_path / "var" / "sent").exists()

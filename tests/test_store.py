@@ -147,3 +147,11 @@ def test_a_migration_killed_halfway_leaves_no_half_schema(tmp_path: Path) -> Non
     assert died.returncode == -9
     store = Store.open(f"sqlite:///{path}")
     assert store.enqueue([queued("<a@x>")], NOW) == ["<a@x>"]
+
+
+def test_only_one_sender_can_claim_a_reminder(store: Store) -> None:
+    store.enqueue([queued("<a@x>"), queued("<b@x>", "C2", ("I2",))], NOW)
+    first, second = store.due(NOW)
+    assert store.mark_sending(first.id) is True
+    assert store.mark_sending(first.id) is False
+    assert store.mark(sending=[first.id, second.id]) == {second.id}

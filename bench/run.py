@@ -18,6 +18,7 @@ from pathlib import Path
 from bench import machine
 from bench import plan as plan_bench
 from bench import send as send_bench
+from bench import triage as triage_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
@@ -46,7 +47,11 @@ def _send(repeats: int) -> str:
                     send_bench.markdown(result), "python -m bench.run send", time.monotonic() - started)
 
 
-BENCHMARKS: dict[str, Callable[[int], str]] = {"plan": _plan, "send": _send}
+def _triage(repeats: int) -> str:  # its markdown is a whole section: title, machine and how to reproduce included
+    return f"<!-- triage:start -->\n{triage_bench.markdown(triage_bench.run(repeats, log=_log))}\n<!-- triage:end -->"
+
+
+BENCHMARKS: dict[str, Callable[[int], str]] = {"plan": _plan, "send": _send, "triage": _triage}
 
 
 def _log(line: str) -> None:

@@ -412,8 +412,7 @@ class Store:
                 if escalation is not None and state not in STOPPED:
                     c.execute(escalations.insert().values(**escalation, customer_id=customer_id, reply_id=rid,
                                                           created_at=now))
-                    transition(c, customer_id, "escalated", actor=BOT, reason=f"{escalation['reason']}: "
-                               f"{reply['action']}", now=now)
+                    transition(c, customer_id, "escalated", actor=BOT, reason=reply["action"], now=now)
                 elif hold is not None and state not in STOPPED and state != "payment_plan":
                     transition(c, customer_id, "paused", actor=BOT, reason=hold["reason"], now=now,
                                until=hold["until"])

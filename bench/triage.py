@@ -263,10 +263,10 @@ def _cli(name: str) -> Any:
 
 
 def measure_dunbot(spec: dict[str, Any]) -> dict[str, Any]:
-    clock_from, make_watcher, parse_now = (_cli(n) for n in ("clock_from", "make_watcher", "parse_now"))
+    clock_from, parse_now = (_cli(n) for n in ("clock_from", "parse_now"))
     from bot.config import load_settings
     from bot.inbox import Processor
-    from bot.mailboxes import Incoming
+    from bot.mailboxes import Incoming, watcher_for
     from bot.store import Store
 
     settings = load_settings(spec["config"])
@@ -278,7 +278,7 @@ def measure_dunbot(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     store = Store.open(f"sqlite:///{spec['store']}")
     processor = Processor(store, settings, clock_from(parse_now(TRIAGE_NOW, settings)))
-    watcher = make_watcher(settings, store, processor.clock)
+    watcher = watcher_for(settings.inbox, store, processor.clock)
 
     async def timed(incoming: Incoming) -> str | None:  # two clock reads a message: the handler's share
         t = time.perf_counter()

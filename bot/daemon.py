@@ -53,7 +53,7 @@ from bot.dunning import LedgerCheck, LedgerSuspect
 from bot.errors import ConfigError, DeliveryError, DunbotError, StoreError
 from bot.inbox import Processor
 from bot.ledger import read_ledger
-from bot.mailboxes import ImapMailbox, Incoming, MaildirMailbox, Watcher
+from bot.mailboxes import Incoming, Watcher, watcher_for
 from bot.metrics import DecisionCounter, Metrics
 from bot.schema import daemon_status, escalations, ledger_checks, notifications, reminders
 from bot.store import QUEUED, SENDING, Store, engine_safe
@@ -904,18 +904,7 @@ class Daemon:
     # -- the inbox --
 
     def _start_watcher(self) -> None:
-        inbox = self.settings.inbox
-        imap, maildir = inbox.imap, inbox.maildir
-
-        def open_mailbox() -> ImapMailbox | MaildirMailbox:
-            if imap is not None:
-                return ImapMailbox(imap, inbox.folder, inbox.max_bytes)
-            assert maildir is not None
-            return MaildirMailbox(maildir, inbox.folder, inbox.max_bytes)
-
-        idle = imap.idle_seconds if imap is not None else 540.0
-        self.watcher = Watcher(open_mailbox, self.store, inbox.folder, self.clock,  # type: ignore[arg-type]
-                               idle_seconds=idle, human_folder=inbox.human_folder)
+        self.watcher = watcher_for(self.settings.inbox, self.store, self.clock)
         self._watch_stop = asyncio.Event()
         self._watch_task = asyncio.get_running_loop().create_task(self._watch(self.watcher, self._watch_stop),
                                                                   name="inbox-watcher")

@@ -6,7 +6,6 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -28,8 +27,7 @@ from bot.cli.common import (
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
 from bot.inbox import Processor, Tally
-from bot.mailboxes import ImapMailbox, MaildirMailbox, Watcher
-from bot.store import Store
+from bot.mailboxes import watcher_for
 from bot.triage import classification_json, classify, evaluate
 
 
@@ -112,18 +110,6 @@ def inbox_group() -> None:
     """Read the replies in the inbox and act on them."""
 
 
-def make_watcher(settings: Settings, store: Store, clock: Callable[[], datetime]) -> Watcher:
-    inbox = settings.inbox
-    if inbox.kind == "imap":
-        imap = inbox.imap
-        assert imap is not None
-        return Watcher(lambda: ImapMailbox(imap, inbox.folder, inbox.max_bytes), store, inbox.folder, clock,
-                       idle_seconds=imap.idle_seconds)
-    maildir = inbox.maildir
-    assert maildir is not None
-    return Watcher(lambda: MaildirMailbox(maildir, inbox.folder, inbox.max_bytes), store, inbox.folder, clock)
-
-
 def _print_tally(tally: Tally) -> None:
     intents = ", ".join(f"{k} {v}" for k, v in sorted(tally.by_intent.items())) or "none"
     click.echo(f"handled {tally.handled}, for a person {tally.human}, unmatched (left in the inbox) "
@@ -138,7 +124,7 @@ def inbox_poll(settings: Settings, now_text: str | None) -> None:
     store = _open_store(settings)
     try:
         processor = Processor(store, settings, clock_from(parse_now(now_text, settings)))
-        watcher = make_watcher(settings, store, processor.clock)
+        watcher = watcher_for(settings.inbox, store, processor.clock)
 
         async def run() -> None:
             try:
@@ -161,7 +147,7 @@ def inbox_watch(settings: Settings) -> None:
     """Watch the inbox (IMAP IDLE, or polling) and act on every reply as it arrives, until interrupted."""
     store = _open_store(settings)
     processor = Processor(store, settings, lambda: datetime.now(ZoneInfo(settings.company.timezone)))
-    watcher = make_watcher(settings, store, processor.clock)
+    watcher = watcher_for(settings.inbox, store, processor.clock)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -9,7 +9,7 @@ neither misses mail nor hands a message over twice (beyond the one in flight, wh
 from bot.mailboxes.common import INBOX, Handler, Incoming, MailboxError, MailboxRefused
 from bot.mailboxes.imap import ImapMailbox
 from bot.mailboxes.maildir import MaildirMailbox
-from bot.mailboxes.watcher import Watcher, mailbox_opener
+from bot.mailboxes.watcher import Watcher, watcher_for
 
 __all__ = ["INBOX", "Handler", "ImapMailbox", "Incoming", "MailboxError", "MailboxRefused", "MaildirMailbox",
-           "Watcher", "mailbox_opener"]
+           "Watcher", "watcher_for"]

@@ -29,15 +29,19 @@ T = TypeVar("T")
 
 
 
-def mailbox_opener(settings: InboxSettings) -> Callable[[], ImapMailbox | MaildirMailbox]:
-    """What a Watcher calls for each (re)connection, from [inbox] in config.toml."""
-    if settings.imap is not None:
-        imap = settings.imap
-        return lambda: ImapMailbox(imap, settings.folder, settings.max_bytes)
-    if settings.maildir is not None:
-        path = settings.maildir
-        return lambda: MaildirMailbox(path, settings.folder, settings.max_bytes)
-    raise MailboxError("[inbox] names neither an [inbox.imap] table nor a maildir path")
+def watcher_for(settings: InboxSettings, store: Store, clock: Callable[[], datetime]) -> Watcher:
+    """The watcher [inbox] in config.toml describes: the mailbox to open on each (re)connection, its folders."""
+    imap, maildir = settings.imap, settings.maildir
+
+    def open_mailbox() -> ImapMailbox | MaildirMailbox:
+        if imap is not None:
+            return ImapMailbox(imap, settings.folder, settings.max_bytes)
+        if maildir is None:
+            raise MailboxError("[inbox] names neither an [inbox.imap] table nor a maildir path")
+        return MaildirMailbox(maildir, settings.folder, settings.max_bytes)
+
+    return Watcher(open_mailbox, store, settings.folder, clock, human_folder=settings.human_folder,
+                   idle_seconds=imap.idle_seconds if imap is not None else 540.0)
 
 
 # ---- the watcher -----------------------------------------------------------------------------

@@ -438,22 +438,28 @@ def _ledger(r: _Reader) -> LedgerSettings:
     )
 
 
-def _smtp(r: _Reader) -> SmtpSettings:
-    security = r.choice("security", ("starttls", "tls", "none"), "starttls")
-    port = r.get("port", int, {"starttls": 587, "tls": 465, "none": 25}[security])
+def _server(r: _Reader, ports: Mapping[str, int], *, username_required: bool) -> dict[str, Any]:
+    """The settings SMTP and IMAP share: where the server is, how to reach it safely, who we are."""
+    security = r.choice("security", tuple(ports), next(iter(ports)))
+    port = r.get("port", int, ports[security])
     if not 0 < port < 65536:
         raise r.fail("port", f"must be a TCP port, not {port}")
-    ca_file = r.path("ca_file") if "ca_file" in r.data else None
+    return {
+        "host": r.get("host", str, required=True),
+        "port": port,
+        "security": security,
+        "username": r.get("username", str, required=True) if username_required else r.get("username", str, ""),
+        "password": r.secret("password_env"),
+        "oauth_token": r.secret("oauth_token_env"),
+        "verify": r.get("verify", bool, True),
+        "ca_file": r.path("ca_file") if "ca_file" in r.data else None,
+        "timeout": r.get("timeout", float, 30.0),
+    }
+
+
+def _smtp(r: _Reader) -> SmtpSettings:
     settings = SmtpSettings(
-        host=r.get("host", str, required=True),
-        port=port,
-        security=security,  # type: ignore[arg-type]
-        username=r.get("username", str, ""),
-        password=r.secret("password_env"),
-        oauth_token=r.secret("oauth_token_env"),
-        verify=r.get("verify", bool, True),
-        ca_file=ca_file,
-        timeout=r.get("timeout", float, 30.0),
+        **_server(r, {"starttls": 587, "tls": 465, "none": 25}, username_required=False),
         connections=r.get("connections", int, 4),
         rate_per_minute=r.get("rate_per_minute", int, 0),
         max_attempts=r.get("max_attempts", int, 8),
@@ -477,20 +483,8 @@ def _transport(r: _Reader) -> TransportSettings:
 
 
 def _imap(r: _Reader) -> ImapSettings:
-    security = r.choice("security", ("tls", "starttls", "none"), "tls")
-    port = r.get("port", int, {"tls": 993, "starttls": 143, "none": 143}[security])
-    if not 0 < port < 65536:
-        raise r.fail("port", f"must be a TCP port, not {port}")
     settings = ImapSettings(
-        host=r.get("host", str, required=True),
-        port=port,
-        security=security,  # type: ignore[arg-type]
-        username=r.get("username", str, required=True),
-        password=r.secret("password_env"),
-        oauth_token=r.secret("oauth_token_env"),
-        verify=r.get("verify", bool, True),
-        ca_file=r.path("ca_file") if "ca_file" in r.data else None,
-        timeout=r.get("timeout", float, 30.0),
+        **_server(r, {"tls": 993, "starttls": 143, "none": 143}, username_required=True),
         idle_seconds=r.get("idle_seconds", float, 540.0),
         poll_seconds=r.get("poll_seconds", float, 60.0),
     )

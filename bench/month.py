@@ -16,7 +16,7 @@ Idle footprint: `dunbot run` on the month's store and mailbox, IMAP IDLE on the 
 sampled with psutil over 60 s once its start-up catch-up pass over the 50,000-invoice ledger is done, and
 again for a fresh daemon that has not run a pass (catch_up = false).
 
-    python -m bench.month [--days 30] [--idle 60]   (as root: the mail stack runs Postfix and Dovecot)
+    python -m bench.month [--days 30] [--idle 60] [--keep DIR]   (as root: the mail stack runs Postfix and Dovecot)
 """
 
 from __future__ import annotations
@@ -245,6 +245,8 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle sampling")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/performance.md")
     parser.add_argument("--report-only", action="store_true", help="rewrite the doc section from bench/out/month.json")
+    parser.add_argument("--keep", type=Path, help="build the month in this folder and keep it (store, ledger, logs) "
+                                                  "to study the daemon's memory afterwards")
     args = parser.parse_args()
     if args.report_only:
         write_doc(report(json.loads((ROOT / "bench" / "out" / "month.json").read_text())))
@@ -256,8 +258,9 @@ def main() -> None:
         reader = csv.reader(handle)
         header, master = next(reader), list(reader)
     rng = random.Random(SEED)
-    with _stack() as stack, tempfile.TemporaryDirectory(prefix="dunbot-month-") as tmp:
-        folder = Path(tmp)
+    with _stack() as stack, contextlib.ExitStack() as scratch:
+        folder = args.keep or Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="dunbot-month-")))
+        folder.mkdir(parents=True, exist_ok=True)
         ledger, store = folder / "ledger.csv", folder / "dunbot.db"
         write_ledger(ledger, header, master)
         config = write_config(folder, ledger, stack, store)

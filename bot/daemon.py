@@ -51,7 +51,6 @@ from bot.metrics import DecisionCounter, Metrics
 from bot.schema import escalations
 from bot.status import outbox_state, parse_time, read_status, write_status
 from bot.store import Store, engine_safe
-from bot.templates import Templates
 from bot.templates import check as check_templates
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,6 @@ class Daemon(Jobs):
         self.jobs = JobStates()
         self.started_at: datetime | None = None
         self.store: Store | None = None
-        self.templates: Templates | None = None
         self.processor: Processor | None = None
         self.watcher: Watcher | None = None
         self.health: HealthServer | None = None
@@ -132,8 +130,6 @@ class Daemon(Jobs):
         self._lock.acquire()
         try:
             self.store = await asyncio.to_thread(self.open_store, self.settings.store_url)
-            self.templates = Templates(self.settings.templates_dir, self.settings.languages,
-                                       self.settings.company.language)
             self.processor = await asyncio.to_thread(Processor, self.store, self.settings, self.clock)
             with self.store._tx() as c:
                 self._escalations_seen = int(c.execute(sa.select(sa.func.max(escalations.c.id))).scalar() or 0)
@@ -338,7 +334,6 @@ class Daemon(Jobs):
             self._set_problem("reload", f"rejected: {len(problems)} template problems; first: {problems[0]}")
             return False
         old, self.settings, self.options = self.settings, settings, options
-        self.templates = Templates(settings.templates_dir, settings.languages, settings.company.language)
         self.processor = await asyncio.to_thread(Processor, self.store, settings, self.clock)
         if self.scheduler is not None and self.scheduler.running:
             self._schedule()

@@ -24,17 +24,16 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from bot import dunning, notify, outbox
+from bot import notify, offload, outbox
 from bot.config import Settings
 from bot.daemon_settings import DaemonSettings, previous_fire
 from bot.dunning import LedgerSuspect
 from bot.errors import DeliveryError, DunbotError
-from bot.ledger import read_ledger
 from bot.metrics import Metrics
 from bot.schema import ledger_checks, notifications
 from bot.status import write_status
 from bot.store import QUEUED, SENDING, Store
-from bot.templates import Rendered, Templates
+from bot.templates import Rendered
 from bot.transports import make_transport
 from bot.users import all_users
 
@@ -99,7 +98,7 @@ class Jobs:
     errors: deque[dict[str, str]]
     jobs: JobStates
     store: Store | None
-    templates: Templates | None
+    open_store: Callable[[str], Store]
     scheduler: AsyncIOScheduler | None
     _work: asyncio.Lock
     _stopping: asyncio.Event
@@ -182,28 +181,15 @@ class Jobs:
                 self._set_problem(f"job:{job_id}", error if outcome == "failed" else None)
 
     async def _pass(self) -> None:
-        """The dunning pass: ledger -> sanity check -> prepare -> plan -> outbox -> SMTP, exactly as `dunbot send`."""
+        """The dunning pass: ledger -> sanity check -> prepare -> plan -> outbox -> SMTP, exactly as `dunbot send`.
+
+        All but the SMTP part run in a child process (bot/offload.py): its memory goes when it ends."""
         async with self._work:
             if self._stopping.is_set():
                 return
-            settings, templates, store = self.settings, self.templates, self.store
-            assert templates is not None and store is not None
-            now = self.clock()
-            invoices = await self._read_ledger(settings)
-            report = outbox.Report()
-            try:
-                plan = await asyncio.to_thread(dunning.prepare, store, invoices, now, settings, report,
-                                               check=self.options.ledger_check)
-            except LedgerSuspect as exc:
-                await self._ledger_suspect(exc, settings)
-                raise
-            self._ledger_ok()
-            await asyncio.to_thread(outbox.enqueue, plan, store, templates, settings, report)
-            for r in plan.reminders:
-                log.info("queued reminder %s for customer %s: %s/%s in %s to %s (invoices %s)", r.message_id,
-                         r.customer.customer_id, r.track, r.stage.name, r.language, r.to, ", ".join(r.invoice_ids))
+            settings = self.settings
+            report = (await self._offload(offload.PASS, settings)).report
             await self._deliver(settings, report)
-            del plan, invoices
             summary = {"at": self.clock(), "queued": report.queued, "sent": report.sent, "failed": report.failed,
                        "retrying": report.retrying, "withdrawn": report.cancelled, "escalated": report.escalated,
                        "aborted": report.aborted, "errors": report.errors[:5]}
@@ -214,17 +200,25 @@ class Jobs:
             self._record("last_pass", summary)
         await asyncio.to_thread(trim_memory)
 
-    async def _read_ledger(self, settings: Settings) -> list[Any]:
+    async def _offload(self, kind: str, settings: Settings) -> offload.Outcome:
+        """The job's work over the ledger, in a child process when the store is the configured one; an unreadable
+        or suspect ledger stops sending and says so."""
+        request = offload.Request(kind, settings, self.clock(), self.options.ledger_check,
+                                  logging.getLogger("bot").getEffectiveLevel())
         try:
-            ledger = await asyncio.to_thread(read_ledger, settings.ledger)
-        except DunbotError as exc:
+            if self.open_store == Store.open:
+                outcome = await offload.run(request)
+            else:  # a store from another opener (tests, embedding) cannot be reopened in a child
+                outcome = offload.result(await asyncio.to_thread(offload.work, request, self.store))
+        except offload.LedgerUnreadable as exc:
             self._set_problem("ledger", f"cannot read the ledger, nothing is sent: {exc}")
             self.metrics.ledger_ok.set(0)
             raise
-        if ledger.problems:
-            log.warning("%d ledger rows skipped (see `dunbot ledger check`); first: %s", len(ledger.problems),
-                        ledger.problems[0])
-        return ledger.open_invoices
+        except LedgerSuspect as exc:
+            await self._ledger_suspect(exc, settings)
+            raise
+        self._ledger_ok()
+        return outcome
 
     def _ledger_ok(self) -> None:
         self._set_problem("ledger", None)
@@ -303,23 +297,11 @@ class Jobs:
                                         "retrying": report.retrying, "aborted": report.aborted})
 
     async def _holds(self) -> None:
-        """Promises and pauses that ran out, between passes (weekends too): kept, broken, resumed."""
+        """Promises and pauses that ran out, between passes (weekends too): kept, broken, resumed (in a child)."""
         async with self._work:
             if self._stopping.is_set():
                 return
-            settings, store = self.settings, self.store
-            assert store is not None
-            now = self.clock()
-            invoices = await self._read_ledger(settings)
-            try:
-                await asyncio.to_thread(dunning.check_ledger, store, invoices, now, self.options.ledger_check)
-            except LedgerSuspect as exc:
-                await self._ledger_suspect(exc, settings)
-                raise
-            self._ledger_ok()
-            by_id = {invoice.invoice_id: invoice for invoice in invoices}
-            await asyncio.to_thread(dunning.review_holds, store, by_id, now, settings)
-        await asyncio.to_thread(trim_memory)
+            await self._offload(offload.HOLDS, self.settings)
 
     async def _notify(self) -> None:
         async with self._work:

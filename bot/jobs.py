@@ -188,7 +188,7 @@ class Jobs:
             if self._stopping.is_set():
                 return
             settings = self.settings
-            report = (await self._offload(offload.PASS, settings)).report
+            report = (await self._ledger_work(offload.PASS, settings)).report
             await self._deliver(settings, report)
             summary = {"at": self.clock(), "queued": report.queued, "sent": report.sent, "failed": report.failed,
                        "retrying": report.retrying, "withdrawn": report.cancelled, "escalated": report.escalated,
@@ -201,15 +201,18 @@ class Jobs:
         await asyncio.to_thread(trim_memory)
 
     async def _offload(self, kind: str, settings: Settings) -> offload.Outcome:
-        """The job's work over the ledger, in a child process when the store is the configured one; an unreadable
-        or suspect ledger stops sending and says so."""
+        """The job's work in a child process when the child can open the same store (bot/offload.py)."""
         request = offload.Request(kind, settings, self.clock(), self.options.ledger_check,
                                   logging.getLogger("bot").getEffectiveLevel())
+        if self.open_store == Store.open and not settings.store_url.endswith(":memory:"):
+            return await offload.run(request)
+        # a store in memory, or from another opener (tests, embedding), cannot be reopened in a child
+        return offload.result(await asyncio.to_thread(offload.work, request, self.store))
+
+    async def _ledger_work(self, kind: str, settings: Settings) -> offload.Outcome:
+        """The job's work over the ledger; an unreadable or suspect ledger stops sending and says so."""
         try:
-            if self.open_store == Store.open:
-                outcome = await offload.run(request)
-            else:  # a store from another opener (tests, embedding) cannot be reopened in a child
-                outcome = offload.result(await asyncio.to_thread(offload.work, request, self.store))
+            outcome = await self._offload(kind, settings)
         except offload.LedgerUnreadable as exc:
             self._set_problem("ledger", f"cannot read the ledger, nothing is sent: {exc}")
             self.metrics.ledger_ok.set(0)
@@ -301,7 +304,7 @@ class Jobs:
         async with self._work:
             if self._stopping.is_set():
                 return
-            await self._offload(offload.HOLDS, self.settings)
+            await self._ledger_work(offload.HOLDS, self.settings)
 
     async def _notify(self) -> None:
         async with self._work:
@@ -319,11 +322,8 @@ class Jobs:
         async with self._work:
             if self._stopping.is_set():
                 return
-            settings, store = self.settings, self.store
-            queued = await asyncio.to_thread(notify.queue_digests, store, settings, self.clock())
-            if queued:
-                log.info("queued %d digests", queued)
-            await self._send_notifications(settings)
+            await self._offload(offload.DIGEST, self.settings)  # reads every open case: in a child
+            await self._send_notifications(self.settings)
 
     async def _send_notifications(self, settings: Settings) -> None:
         store = self.store

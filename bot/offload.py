@@ -1,11 +1,11 @@
-"""The daemon's work over the whole ledger, done in a child process, so the memory it takes goes when it ends.
+"""The daemon's work over the whole ledger or every case, done in a child process, so its memory goes when it ends.
 
 A pass over a 50,000-invoice ledger takes ~45 MB at its peak. Freed, most of it stays with the daemon: a few
 thousand objects that outlive the pass (caches of the policy, SQLAlchemy, holidays) pin the allocator's
 arenas, and malloc_trim cannot return them (measured: 67 MB before the first pass, 100-110 MB after, with
-0.7 MB of live Python objects more). So the pass job reads the ledger, plans and queues in a child
-(`child_main`), and the hold review reads the ledger and reviews there; the daemon delivers from
-the store as before.
+0.7 MB of live Python objects more; the digest over every open escalation left 6 MB). So the pass job
+reads the ledger, plans and queues in a child (`child_main`), the hold review reads the ledger and reviews
+there, and the digest job queues the digests there; the daemon delivers from the store as before.
 
 Every guarantee stays with the daemon: the child changes the store only through the same transactions as the
 daemon would (a child killed mid-way is a crash: nothing half-recorded, the next pass carries on); it dies
@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from bot import dunning, outbox
+from bot import dunning, notify, outbox
 from bot.config import Settings
 from bot.dunning import LedgerCheck, LedgerSuspect
 from bot.errors import DunbotError
@@ -40,7 +40,7 @@ from bot.store import Store
 from bot.templates import Templates
 
 log = logging.getLogger(__name__)
-PASS, HOLDS = "pass", "holds"
+PASS, HOLDS, DIGEST = "pass", "holds", "digest"
 _HEADER = struct.Struct("!I")
 _PLAIN = (str, int, float, bool, type(None))
 _SOURCE = str(Path(__file__).resolve().parent.parent)  # the child imports this very bot package
@@ -49,7 +49,7 @@ _PYTHONPATH = os.environ.get("PYTHONPATH", "")
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    kind: str  # PASS or HOLDS
+    kind: str  # PASS, HOLDS or DIGEST
     settings: Settings
     now: datetime
     check: LedgerCheck
@@ -115,7 +115,15 @@ def _die_with_parent(parent: int) -> None:
 
 
 def work(request: Request, store: Store) -> Outcome:
-    """The job's work over the ledger, the same in the child as in the daemon's own process."""
+    """The job's work, the same in the child as in the daemon's own process."""
+    if request.kind == DIGEST:
+        try:
+            queued = notify.queue_digests(store, request.settings, request.now)
+        except DunbotError as exc:
+            return Outcome(outbox.Report(), failure=("error", str(exc), ()))
+        if queued:
+            log.info("queued %d digests", queued)
+        return Outcome(outbox.Report())
     settings, now, report = request.settings, request.now, outbox.Report()
     try:
         ledger = read_ledger(settings.ledger)

@@ -1,5 +1,5 @@
-"""The daemon's ledger work in a child process (bot/offload.py): same records, logs and metrics as in the daemon,
-and the child never outlives the daemon nor its stop timeout."""
+"""The daemon's ledger work and digest in a child process (bot/offload.py): same records, logs and metrics as in
+the daemon, and the child never outlives the daemon nor its stop timeout."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import logging
 import os
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 
 import psutil
 import pytest
+from sample import NOW
 from test_daemon import (
     daemon_config,
     ledger_rows,
@@ -22,6 +24,8 @@ from test_daemon import (
     store_of,
     wait_for,
 )
+
+from bot.users import add_user
 
 
 def test_the_pass_runs_in_a_child_and_its_records_reach_the_daemons_log_and_metrics(
@@ -55,6 +59,26 @@ def test_a_suspect_ledger_found_in_the_child_stops_the_pass_as_before(tmp_path: 
             assert daemon.metrics.registry.get_sample_value("dunbot_ledger_ok") == 0
 
     run(scenario())
+
+
+def test_the_digest_is_queued_in_a_child_and_sent_by_the_daemon(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    config = daemon_config(tmp_path, ledger_rows(5, days_overdue=90), daemon='digest_schedule = "off"')
+    config.write_text(config.read_text().replace('"Laura Gómez" = "laura"', '"Laura" = "laura"'))
+    add_user(store_of(config), "laura", "correct horse battery", "finance", datetime.fromisoformat(NOW),
+             email="laura@northwind.example")  # the account manager of every case, so their owner
+    caplog.set_level(logging.INFO, logger="bot")
+
+    async def scenario() -> None:
+        async with running(config) as daemon:
+            await run_pass(daemon)  # every case escalates at 90 days
+            await daemon._digest()
+
+    run(scenario())
+    (queued,) = [r for r in caplog.records if r.getMessage() == "queued 1 digests"]
+    assert queued.process != os.getpid()
+    digests = [m for m in maildir_sent(tmp_path) if b"Message-ID: <dunbot.digest." in m]
+    assert len(digests) == 1
 
 
 def children_running(pid: int) -> list[psutil.Process]:

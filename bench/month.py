@@ -217,7 +217,7 @@ def report(result: dict[str, Any]) -> str:
         f"| fresh idle daemon on the month's store (no pass yet): RSS (max over {f['seconds']:.0f} s) | "
         f"{f['rss_mb_max']:.1f} MB |",
         f"| fresh idle daemon: CPU | {f['cpu_percent']:.2f}% ({f['cpu_seconds']:.2f} s) |",
-        f"| idle daemon on a new, empty store (same mailbox): RSS (max over {small['seconds']:.0f} s) | "
+        f"| idle daemon on an empty, migrated store (same mailbox): RSS (max over {small['seconds']:.0f} s) | "
         f"{small['rss_mb_max']:.1f} MB |",
         f"| SIGTERM to exit (idle daemon) | {i['stop_seconds']:.1f} s |",
         "",
@@ -329,6 +329,8 @@ def main() -> None:
         print("idle fresh", json.dumps(fresh), flush=True)
         small_config = write_config(folder / "small", ledger, stack, folder / "small" / "dunbot.db",
                                     daemon="catch_up = false")
+        subprocess.run([sys.executable, "-m", "bot", "status", "--config", str(small_config)], cwd=ROOT, env=env,
+                       capture_output=True, check=False)  # migrated first, as a restarted daemon finds it
         small = idle_footprint(small_config, env, evening, min(args.idle, 30.0), wait_pass=False)
         small["seconds"] = min(args.idle, 30.0)
         print("idle small", json.dumps(small), flush=True)

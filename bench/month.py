@@ -239,11 +239,14 @@ def report(result: dict[str, Any]) -> str:
         "",
         "A pass over the whole ledger leaves its peak behind even when everything it built is freed: the few "
         "objects that outlive it (caches) pin the allocator's arenas, which malloc_trim cannot return. So the "
-        "daemon runs the ledger work of the pass and of the hold review in a child process (bot/offload.py) and "
-        "only delivers from the store itself; the idle daemon after its catch-up pass is then measured above.",
+        "daemon runs the ledger work of the pass and of the hold review, and the queueing of the digests (which "
+        "read every open case), in a child process (bot/offload.py), and only delivers from the store itself. "
+        f"Against the floor of its imports measured in the same run, the idle daemon after its catch-up pass is "
+        f"at {i['rss_mb_max'] / st['imports']:.2f}x, the fresh one at {f['rss_mb_max'] / st['imports']:.2f}x.",
         "",
         f"Target: idle daemon under {target:.0f} MB resident: **{'met' if worst < target else 'missed'}** "
-        f"(largest of the three idle figures: {worst:.1f} MB).",
+        f"(largest of the three idle figures: {worst:.1f} MB). Not counted in these figures: a daemon's first "
+        "start on a store that needs a migration keeps Alembic imported (~11 MB) until it restarts.",
     ])
 
 

@@ -1,7 +1,7 @@
 """A customer's case: which customer a reply belongs to, and what the bot does about what it says.
 
-Pure functions over plain data, like the policy: the store builds the `Directory` and applies the
-`Decision`; nothing here reads a server or a file.
+Pure functions over plain data, like the policy: what the bot sent comes in through a `Lookup` (the store
+answers it, bot/directory.py) and the store applies the `Decision`; nothing here reads a server or a file.
 
 The responses follow collection practice: a customer who says they paid is believed for a while
 and finance checks the bank; a promise is held to its date; anything that needs judgement
@@ -12,9 +12,10 @@ with the step a collector would take next.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from bot.config import TriageSettings
@@ -45,9 +46,30 @@ ESCALATING = frozenset({"dispute", "hardship", "request_info", "wrong_contact", 
 _INVOICE_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_.-]{1,63}")
 
 
+class Lookup(Protocol):
+    """What matching a reply asks about the reminders sent (the newest reminder answers first).
+
+    Invoice keys are upper-cased, addresses lower-cased. The store answers with indexed queries
+    (bot/directory.py); `Directory` answers from plain mappings.
+    """
+
+    def customer_of_message(self, message_id: str) -> str | None: ...
+    def customer_of_invoice(self, invoice: str) -> str | None: ...
+    def customer_of_address(self, address: str) -> str | None: ...
+    def owners_of_domain(self, domain: str) -> set[str]: ...  # two or more mean "ambiguous"
+    def language_of(self, customer_id: str) -> str | None: ...
+    def contact_of(self, customer_id: str) -> str: ...
+    def invoices_of(self, customer_id: str) -> frozenset[str]: ...
+
+    def known_invoices(self, words: Collection[str], digits: Collection[str], /) -> frozenset[str]:
+        """Invoice keys a reply out of thread may name, given its folded words and digit strings (a superset
+        will do: triage looks for these keys in the text)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Directory:
-    """What the bot has sent, indexed for matching replies to customers."""
+    """A Lookup from plain mappings: what the bot has sent, indexed for matching replies to customers."""
 
     by_message_id: Mapping[str, str] = field(default_factory=dict)
     by_invoice: Mapping[str, str] = field(default_factory=dict)
@@ -56,8 +78,29 @@ class Directory:
     invoices: Mapping[str, frozenset[str]] = field(default_factory=dict)
     contact: Mapping[str, str] = field(default_factory=dict)
 
-    def by_domain(self, domain: str) -> set[str]:
+    def customer_of_message(self, message_id: str) -> str | None:
+        return self.by_message_id.get(message_id)
+
+    def customer_of_invoice(self, invoice: str) -> str | None:
+        return self.by_invoice.get(invoice)
+
+    def customer_of_address(self, address: str) -> str | None:
+        return self.by_address.get(address)
+
+    def owners_of_domain(self, domain: str) -> set[str]:
         return {cid for address, cid in self.by_address.items() if address.rpartition("@")[2] == domain}
+
+    def language_of(self, customer_id: str) -> str | None:
+        return self.language.get(customer_id)
+
+    def contact_of(self, customer_id: str) -> str:
+        return self.contact.get(customer_id, "")
+
+    def invoices_of(self, customer_id: str) -> frozenset[str]:
+        return self.invoices.get(customer_id, frozenset())
+
+    def known_invoices(self, _words: Collection[str], _digits: Collection[str], /) -> frozenset[str]:
+        return frozenset(self.by_invoice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,34 +113,39 @@ def _message_ids(header: str) -> list[str]:
     return re.findall(r"<[^<>\s]+>", header or "")
 
 
-def match_thread(directory: Directory, in_reply_to: str, references: str) -> Match | None:
+def match_thread(directory: Lookup, in_reply_to: str, references: str) -> Match | None:
     for mid in reversed(_message_ids(in_reply_to) + _message_ids(references)):
-        if mid in directory.by_message_id:
-            return Match(directory.by_message_id[mid], "thread")
+        customer = directory.customer_of_message(mid)
+        if customer is not None:
+            return Match(customer, "thread")
     return None
 
 
-def match(directory: Directory, *, in_reply_to: str, references: str, subject: str, sender: str,
+def match(directory: Lookup, *, in_reply_to: str, references: str, subject: str, sender: str,
           classification: Classification) -> Match | None:
     """The customer a reply belongs to: its thread, else an invoice number, else the sender; None if unknown."""
     thread = match_thread(directory, in_reply_to, references)
     if thread is not None:
         return thread
     bounce = classification.bounce
-    if bounce and bounce.original_message_id in directory.by_message_id:
-        return Match(directory.by_message_id[bounce.original_message_id], "bounce")
+    if bounce and bounce.original_message_id:
+        customer = directory.customer_of_message(bounce.original_message_id)
+        if customer is not None:
+            return Match(customer, "bounce")
     if bounce:
         for address in bounce.recipients:
-            if address.lower() in directory.by_address:
-                return Match(directory.by_address[address.lower()], "bounce")
+            customer = directory.customer_of_address(address.lower())
+            if customer is not None:
+                return Match(customer, "bounce")
     for ref in (*classification.invoice_refs, *_INVOICE_TOKEN.findall(subject)):
-        customer = directory.by_invoice.get(ref.upper())
+        customer = directory.customer_of_invoice(ref.upper())
         if customer:
             return Match(customer, "invoice")
     address = sender.lower()
-    if address in directory.by_address:
-        return Match(directory.by_address[address], "sender")
-    owners = directory.by_domain(address.rpartition("@")[2]) if "@" in address else set()
+    customer = directory.customer_of_address(address)
+    if customer is not None:
+        return Match(customer, "sender")
+    owners = directory.owners_of_domain(address.rpartition("@")[2]) if "@" in address else set()
     if len(owners) == 1:
         return Match(owners.pop(), "domain")
     return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,33 +18,26 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import parseaddr, parsedate_to_datetime
 
-from bot.cases import HUMAN, Decision, Directory, decide, match, match_thread
+from bot.cases import HUMAN, Decision, Lookup, decide, match, match_thread
 from bot.config import Settings
+from bot.directory import StoreDirectory
 from bot.mailboxes import Incoming
 from bot.store import Store
 from bot.triage import Classification, classification_json, classify
+from bot.triage.phrases import fold
 
 log = logging.getLogger(__name__)
+_WORD = re.compile(r"\w[\w/.-]*")
 
 
-def build_directory(store: Store) -> Directory:
-    by_message_id: dict[str, str] = {}
-    by_invoice: dict[str, str] = {}
-    by_address: dict[str, str] = {}
-    language: dict[str, str] = {}
-    contact: dict[str, str] = {}
-    invoices: dict[str, set[str]] = {}
-    for message_id, customer_id, recipients, lang, invoice_id in store.directory_rows():
-        by_message_id[message_id] = customer_id
-        by_invoice[invoice_id.upper()] = customer_id
-        addresses = json.loads(recipients)
-        for address in addresses:
-            by_address[address.lower()] = customer_id
-        contact[customer_id] = addresses[0] if addresses else ""
-        language[customer_id] = lang
-        invoices.setdefault(customer_id, set()).add(invoice_id)
-    return Directory(by_message_id=by_message_id, by_invoice=by_invoice, by_address=by_address, language=language,
-                     invoices={k: frozenset(v) for k, v in invoices.items()}, contact=contact)
+def mentions(text: str, refs: tuple[str, ...]) -> tuple[set[str], set[str]]:
+    """The folded words of a reply's text (with their parts, as triage tries them) and the digit strings of its
+    words and of the invoice references read without known invoices: what a known invoice could be named by."""
+    words: set[str] = set()
+    for word in _WORD.findall(fold(text)):
+        words.update((word, *word.split("/"), word.rstrip("./")))
+    digits = {re.sub(r"\D", "", value) for value in (*words, *refs)}
+    return words, digits - {""}
 
 
 @dataclass(slots=True)
@@ -76,16 +70,9 @@ class Processor:
 
     def __init__(self, store: Store, settings: Settings, clock: Callable[[], datetime]) -> None:
         self.store, self.settings, self.clock = store, settings, clock
-        self.newest = store.newest_reminder_id()
-        self.directory = build_directory(store)
+        self.directory: Lookup = StoreDirectory(store)
         self.tally = Tally()
         self.loop_marker = f"dunbot@{settings.company.message_id_domain}".lower()
-
-    def refresh(self) -> None:
-        """Rebuild the directory, but only when reminders were recorded since it was built."""
-        newest = self.store.newest_reminder_id()
-        if newest != self.newest:
-            self.directory, self.newest = build_directory(self.store), newest
 
     async def __call__(self, incoming: Incoming) -> str | None:
         return self.handle(incoming.raw, truncated=incoming.truncated)
@@ -102,16 +89,13 @@ class Processor:
             return self.settings.inbox.handled_folder
         found = self._match(raw, headers)
         if found is None:
-            self.refresh()
-            found = self._match(raw, headers)
-        if found is None:
             self.tally.unmatched += 1
             log.info("message %s matches no case; left in the inbox", message_id)
             return None
         customer_id, by, classification = found
         now = self.clock()
         received = _sent_at(_header(headers, "Date")) or now
-        contact = self.directory.contact.get(customer_id, "")
+        contact = self.directory.contact_of(customer_id)
         decision = decide(classification, received, self.settings.company.timezone, contact, self.settings.triage)
         if truncated:
             decision = Decision(action=f"message over {self.settings.inbox.max_bytes} bytes: set aside for a person",
@@ -132,10 +116,17 @@ class Processor:
         return found.customer_id, found.by, self._classify(raw, found.customer_id)
 
     def _classify(self, raw: bytes, customer_id: str | None) -> Classification:
-        directory = self.directory
-        language = directory.language.get(customer_id or "")
-        known = directory.invoices.get(customer_id or "") if customer_id else frozenset(directory.by_invoice)
-        return classify(raw, known_language=language, thread_language=language, known_invoices=known or frozenset(),
+        """Read the reply knowing its customer's invoices; out of thread, knowing every invoice it could name:
+        a first reading without them gives its words, and the store the invoices those words can be."""
+        if customer_id is not None:
+            language = self.directory.language_of(customer_id)
+            return self._read(raw, language, self.directory.invoices_of(customer_id))
+        first = self._read(raw, None, frozenset())
+        known = self.directory.known_invoices(*mentions(first.new_text, first.invoice_refs))
+        return self._read(raw, None, known) if known else first
+
+    def _read(self, raw: bytes, language: str | None, known: frozenset[str]) -> Classification:
+        return classify(raw, known_language=language, thread_language=language, known_invoices=known,
                         our_domains=frozenset({self.settings.company.message_id_domain,
                                                self.settings.company.email.rpartition("@")[2]}),
                         languages=self.settings.languages, max_bytes=self.settings.inbox.max_bytes)
@@ -158,7 +149,7 @@ class Processor:
                                             "amount": d.hold.amount}
         escalation = None if d.escalation is None else {
             "reason": d.escalation, "detail": c.new_text[:1000] or d.action, "invoice_ids": json.dumps(
-                sorted(self.directory.invoices.get(customer_id, ()))), "recommendation": d.recommendation or ""}
+                sorted(self.directory.invoices_of(customer_id))), "recommendation": d.recommendation or ""}
         flag = None if d.flag is None else {"kind": d.flag, "detail": d.action}
         rid = self.store.record_reply(reply, hold=hold, escalation=escalation, flag=flag,
                                       invalid_contacts=d.invalid_contacts, now=now)

@@ -241,3 +241,26 @@ ledger_checks = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),
     sa.Column("invoice_ids", sa.LargeBinary, nullable=True),
 )
+
+# ---- Matching replies (migration 0006): what a reply can name to be matched to a reminder, looked up on demand
+# instead of held in memory. Only reminders about invoices are here (the others never matched a reply); the keys
+# are folded in Python (lower() and upper() differ between Python, SQLite and PostgreSQL outside ASCII).
+
+reminder_addresses = sa.Table(
+    "reminder_addresses", metadata,
+    sa.Column("reminder_id", sa.Integer, sa.ForeignKey("reminders.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("address", sa.String(320), primary_key=True),  # a recipient, str.lower()
+    sa.Column("domain", sa.String(320), nullable=False, index=True),
+    sa.Column("customer_id", sa.String(64), nullable=False),
+    sa.Index("ix_reminder_addresses_address", "address", "reminder_id"),
+)
+
+reminder_invoice_keys = sa.Table(
+    "reminder_invoice_keys", metadata,
+    sa.Column("reminder_id", sa.Integer, sa.ForeignKey("reminders.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),  # the invoice id, str.upper()
+    sa.Column("digits", sa.String(64), nullable=True, index=True),  # its digits alone ("invoice 1042")
+    sa.Column("plain", sa.Boolean, nullable=False, index=True),  # ASCII without "`": folds to key.lower()
+    sa.Column("customer_id", sa.String(64), nullable=False),
+    sa.Index("ix_reminder_invoice_keys_key", "key", "reminder_id"),
+)

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from bot.casebook import BOT, STOPPED, state_of, transition
+from bot.directory import insert_reply_keys
 from bot.errors import StoreError
 from bot.schema import (
     cases,
@@ -232,6 +233,7 @@ class Store:
         rid = c.execute(reminders.insert().values(**Store._row(item, now))).inserted_primary_key[0]
         if item.balances:
             c.execute(reminder_invoices.insert(), Store._invoice_rows(rid, item))
+            insert_reply_keys(c, [(rid, item)])
 
     @staticmethod
     def _insert_many(c: Connection, batch: Sequence[Queued], now: datetime) -> None:
@@ -243,6 +245,7 @@ class Store:
         rows = [row for rid, item in zip(ids, batch, strict=True) for row in Store._invoice_rows(rid, item)]
         if rows:
             c.execute(reminder_invoices.insert(), rows)
+        insert_reply_keys(c, [(rid, item) for rid, item in zip(ids, batch, strict=True) if item.balances])
 
     def recover_interrupted(self) -> list[tuple[int, str, str]]:
         """Put reminders caught mid-send by a crash back in the queue; returns them for the log.
@@ -382,19 +385,6 @@ class Store:
             return c.execute(sa.select(replies.c.id).where(replies.c.message_id == message_id)).first() is not None
 
     # Replies, and what the bot decided about them.
-
-    def newest_reminder_id(self) -> int:
-        with self._tx() as c:
-            return int(c.execute(sa.select(sa.func.max(reminders.c.id))).scalar() or 0)
-
-    def directory_rows(self) -> list[tuple[str, str, str, str, str]]:
-        """(message_id, customer_id, recipients JSON, language, invoice_id) for every reminder sent or queued."""
-        q = (sa.select(reminders.c.message_id, reminders.c.customer_id, reminders.c.recipients, reminders.c.language,
-                       reminder_invoices.c.invoice_id)
-             .join(reminder_invoices, reminder_invoices.c.reminder_id == reminders.c.id)
-             .order_by(reminders.c.id))
-        with self._tx() as c:
-            return [tuple(r) for r in c.execute(q)]  # type: ignore[misc]
 
     def record_reply(self, reply: Mapping[str, Any], *, hold: Mapping[str, Any] | None,
                      escalation: Mapping[str, Any] | None, flag: Mapping[str, Any] | None,

@@ -131,7 +131,7 @@ def test_bad_now_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_send_refuses_while_the_daemon_holds_the_store(tmp_path: Path) -> None:
     from bot.config import load_settings
-    from bot.daemon import InstanceLock
+    from bot.instance_lock import InstanceLock
 
     config = make_config(tmp_path)
     lock = InstanceLock(load_settings(config).store_url)

@@ -30,9 +30,12 @@ from stores import BACKENDS, store_url
 
 from bot.cli import main
 from bot.config import load_settings
-from bot.daemon import AlreadyRunning, Daemon, InstanceLock, load_daemon_settings, previous_fire, write_status
+from bot.daemon import Daemon
+from bot.daemon_settings import load_daemon_settings, previous_fire
 from bot.errors import ConfigError
+from bot.instance_lock import AlreadyRunning, InstanceLock
 from bot.metrics import DECISIONS, JsonFormatter
+from bot.status import write_status
 from bot.store import Store
 
 T = 60.0  # the bound on every scenario

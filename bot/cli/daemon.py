@@ -16,10 +16,13 @@ import click
 from bot.cli.common import OK, PROBLEMS, USAGE, _common, _error, _now_option, _open_store, err, main, parse_now
 from bot.cli.dunning import ledger_group
 from bot.config import Settings
-from bot.daemon import AlreadyRunning, Daemon, InstanceLock, load_daemon_settings, read_status
+from bot.daemon import Daemon
+from bot.daemon_settings import load_daemon_settings
 from bot.dunning import accept_ledger, last_ledger_check
+from bot.instance_lock import AlreadyRunning, InstanceLock
 from bot.ledger import read_ledger
 from bot.metrics import JsonFormatter
+from bot.status import read_status
 from bot.store import engine_safe
 
 NOT_RUNNING = 3  # as LSB's `status` says "program is not running"

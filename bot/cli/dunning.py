@@ -29,8 +29,9 @@ from bot.cli.common import (
     parse_now,
 )
 from bot.config import Settings
-from bot.daemon import InstanceLock, load_daemon_settings
+from bot.daemon_settings import load_daemon_settings
 from bot.errors import DunbotError
+from bot.instance_lock import InstanceLock
 from bot.ledger import Invoice, Ledger, read_ledger
 from bot.messages import compose
 from bot.policy import (

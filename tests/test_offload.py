@@ -1,0 +1,122 @@
+"""The daemon's ledger work and digest in a child process (bot/offload.py): same records, logs and metrics as in
+the daemon, and the child never outlives the daemon nor its stop timeout."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+import pytest
+from sample import NOW
+from test_daemon import (
+    daemon_config,
+    ledger_rows,
+    maildir_sent,
+    run,
+    run_pass,
+    running,
+    start_daemon_process,
+    store_of,
+    wait_for,
+)
+
+from bot.users import add_user
+
+
+def test_the_pass_runs_in_a_child_and_its_records_reach_the_daemons_log_and_metrics(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = daemon_config(tmp_path, ledger_rows(3), daemon="catch_up = false")
+    caplog.set_level(logging.INFO, logger="bot")
+
+    async def scenario() -> float:
+        async with running(config) as daemon:
+            await run_pass(daemon)
+            assert daemon.jobs.get("pass").outcome == "ok"
+            return float(daemon.metrics.registry.get_sample_value("dunbot_reminders_sent_total") or 0)
+
+    sent = run(scenario())
+    queued = [r for r in caplog.records if r.getMessage().startswith("queued reminder")]
+    assert len(queued) == 3 and {r.process for r in queued} != {os.getpid()}
+    assert queued[0].args and queued[0].args[1] == "C0"  # the arguments the decision counter reads
+    assert sent == 3 and len(maildir_sent(tmp_path)) == 3
+
+
+def test_a_suspect_ledger_found_in_the_child_stops_the_pass_as_before(tmp_path: Path) -> None:
+    config = daemon_config(tmp_path, ledger_rows(40), daemon="catch_up = false")
+
+    async def scenario() -> None:
+        async with running(config) as daemon:
+            await run_pass(daemon)
+            (tmp_path / "ledger.csv").write_text((tmp_path / "ledger.csv").read_text().splitlines()[0] + "\n")
+            await run_pass(daemon)
+            assert daemon.jobs.get("pass").outcome == "ledger_suspect"
+            assert "ledger" in daemon.problems
+            assert daemon.metrics.registry.get_sample_value("dunbot_ledger_ok") == 0
+
+    run(scenario())
+
+
+def test_the_digest_is_queued_in_a_child_and_sent_by_the_daemon(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    config = daemon_config(tmp_path, ledger_rows(5, days_overdue=90), daemon='digest_schedule = "off"')
+    config.write_text(config.read_text().replace('"Laura Gómez" = "laura"', '"Laura" = "laura"'))
+    add_user(store_of(config), "laura", "correct horse battery", "finance", datetime.fromisoformat(NOW),
+             email="laura@northwind.example")  # the account manager of every case, so their owner
+    caplog.set_level(logging.INFO, logger="bot")
+
+    async def scenario() -> None:
+        async with running(config) as daemon:
+            await run_pass(daemon)  # every case escalates at 90 days
+            await daemon._digest()
+
+    run(scenario())
+    (queued,) = [r for r in caplog.records if r.getMessage() == "queued 1 digests"]
+    assert queued.process != os.getpid()
+    digests = [m for m in maildir_sent(tmp_path) if b"Message-ID: <dunbot.digest." in m]
+    assert len(digests) == 1
+
+
+def children_running(pid: int) -> list[psutil.Process]:
+    try:
+        return [c for c in psutil.Process(pid).children() if c.is_running()]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_the_child_never_outlives_the_daemon(tmp_path: Path, how: str) -> None:
+    """kill -9 of the daemon takes its child with it (the instance lock goes with the daemon: no orphan may
+    write); SIGTERM stops the daemon within its timeout, child included, and a restart finishes the pass."""
+    config = daemon_config(tmp_path, ledger_rows(2000), daemon="stop_timeout = 2")
+    log = tmp_path / "run.log"
+    process = start_daemon_process(config, log)
+    try:
+        wait_for(lambda: bool(children_running(process.pid)), 60, "the pass's child process")
+        (child,) = children_running(process.pid)
+        os.kill(process.pid, getattr(signal, how))
+        stopped = time.monotonic()
+        code = process.wait(10)
+        assert code == (0 if how == "SIGTERM" else -9)
+        assert time.monotonic() - stopped < 10
+        wait_for(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 5, "the child to end")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    process = start_daemon_process(config, log)
+    try:
+        store = store_of(config)
+        wait_for(lambda: store.counts().get("sent", 0) == 2000, 120, "the restart to finish the pass")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    sent = maildir_sent(tmp_path)
+    assert len(sent) == 2000 and len({m.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in sent}) == 2000

@@ -52,10 +52,12 @@ class Watcher:
 
     Every (re)connection calls `open_mailbox()` for a fresh mailbox. A handler error sets that one message
     aside in `human_folder`; a StoreError from the handler is not about the message, so the pass stops and
-    the message is tried again later. Use poll() or watch(), one at a time; close() at the end.
+    the message is tried again later. Messages are handled a batch at a time; then each target folder gets
+    one MOVE for the batch and the stored position advances once (a MOVE costs a round trip, more the fuller
+    the folder). Use poll() or watch(), one at a time; close() at the end.
     """
 
-    BATCH = 25  # messages fetched at once: bounds memory to BATCH * max_bytes
+    BATCH = 25  # messages fetched, then moved, at once: bounds memory to BATCH * max_bytes
 
     def __init__(self, open_mailbox: Callable[[], ImapMailbox | MaildirMailbox], store: Store, folder: str,
                  clock: Callable[[], datetime], *, idle_seconds: float = 540, backoff_initial: float = 1,
@@ -132,18 +134,32 @@ class Watcher:
             batch = await self._call(box.fetch_after, last, self.BATCH)
             if not batch:
                 break
-            for message in batch:
-                if message.uid not in skip:
-                    await self._handle(box, message, handler)
-                    self.handled += 1
-                last, stored = message.uid, (uidvalidity, message.uid)
-                self.store.set_inbox_position(self.folder, uidvalidity, last, self.clock())
-                if self._cancel.is_set():
-                    break
+            moves: dict[str, list[int]] = {}  # target folder -> UIDs, moved together once the batch is handled
+            try:
+                for message in batch:
+                    if message.uid not in skip:
+                        target = await self._handle(message, handler)
+                        if target is not None:
+                            moves.setdefault(target, []).append(message.uid)
+                        self.handled += 1
+                    last = message.uid
+                    if self._cancel.is_set():
+                        break
+            except StoreError:
+                with suppress(MailboxError):  # what was recorded goes where it belongs; the rest is tried later
+                    await self._move(box, moves)
+                raise
+            await self._move(box, moves)
+            # After the moves: a crash before this line hands the batch over again, and the handler knows
+            # by Message-ID what it recorded already.
+            self.store.set_inbox_position(self.folder, uidvalidity, last, self.clock())
+            stored = (uidvalidity, last)
         if stored != (uidvalidity, last):  # first run, or a resync that found nothing to hand over
             self.store.set_inbox_position(self.folder, uidvalidity, last, self.clock())
 
-    async def _handle(self, box: ImapMailbox | MaildirMailbox, message: Incoming, handler: Handler) -> None:
+    async def _handle(self, message: Incoming, handler: Handler) -> str | None:
+        """The folder the handler names for the message (None: leave it); a failing handler's message goes
+        to human_folder."""
         try:
             target = await handler(message)
         except StoreError:
@@ -152,22 +168,24 @@ class Watcher:
             log.exception("mailbox %s: the handler failed on message %d; setting it aside in %r",
                           self.folder, message.uid, self.human_folder)
             target = self.human_folder
-        if target is not None:
-            await self._move(box, message.uid, target)
         if message.arrived is not None:
             with suppress(TypeError):  # a naive clock cannot be compared: no metric, no crash
                 self.lag = max(0.0, (self.clock() - message.arrived).total_seconds())
+        return target
 
-    async def _move(self, box: ImapMailbox | MaildirMailbox, uid: int, target: str) -> None:
-        """A refused move sets the message aside for a person; if even that is refused it stays where it is."""
-        for folder in dict.fromkeys((target, self.human_folder)):
-            try:
-                await self._call(box.move, uid, folder)
-                log.debug("mailbox %s: message %d moved to %r", self.folder, uid, folder)
-                return
-            except MailboxRefused as exc:
-                log.error("mailbox %s: %s", self.folder, exc)
-        log.error("mailbox %s: message %d left in place", self.folder, uid)
+    async def _move(self, box: ImapMailbox | MaildirMailbox, moves: dict[str, list[int]]) -> None:
+        """One move per target folder. A refused move sets its messages aside for a person; if even that is
+        refused they stay where they are."""
+        for target, uids in moves.items():
+            for folder in dict.fromkeys((target, self.human_folder)):
+                try:
+                    await self._call(box.move, uids, folder)
+                    log.debug("mailbox %s: messages %s moved to %r", self.folder, uids, folder)
+                    break
+                except MailboxRefused as exc:
+                    log.error("mailbox %s: %s", self.folder, exc)
+            else:
+                log.error("mailbox %s: messages %s left in place", self.folder, uids)
 
     async def watch(self, handler: Handler, stop: asyncio.Event) -> None:
         """Until `stop`: catch up, IDLE (renewed every idle_seconds), catch up on every wake and reconnect.

@@ -131,6 +131,7 @@ class Language:
     remainder: re.Pattern[str] | None  # "the rest", "the other half": only part was paid
     anaphora: re.Pattern[str] | None  # "on that date": the date is the one written before
     phrases: tuple[Phrase, ...]
+    screens: tuple[tuple[re.Pattern[str], tuple[Phrase, ...]], ...]  # the phrases in order, SCREEN at a time
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,24 @@ def _compile(patterns: list[str], flags: int = 0, words: dict[str, str] | None =
             pattern = pattern.replace("{" + key + "}", alternation)
         out.append(re.compile(pattern, flags))
     return tuple(out)
+
+
+SCREEN = 8
+"""Phrases per screen: one search for any of them rules them all out at once. A reply matches two or
+three of some 250 phrases, and one search of an alternation costs less than eight searches."""
+
+
+def _screens(phrases: list[Phrase]) -> tuple[tuple[re.Pattern[str], tuple[Phrase, ...]], ...]:
+    """(an alternation of the phrases' patterns, the phrases): it finds a match wherever one of them would.
+    The phrases' own groups and flags are kept out of it (they hold no backreferences; checked here)."""
+    screens = []
+    for i in range(0, len(phrases), SCREEN):
+        chunk = tuple(phrases[i : i + SCREEN])
+        flags = {p.pattern.flags for p in chunk}
+        if len(flags) != 1 or any(p.pattern.groupindex or "(?P=" in p.pattern.pattern for p in chunk):
+            raise ValueError(f"phrases {[p.pattern.pattern for p in chunk]} cannot share a screen")
+        screens.append((re.compile("|".join(f"(?:{p.pattern.pattern})" for p in chunk), flags.pop()), chunk))
+    return tuple(screens)
 
 
 def _any(patterns: list[str], words: dict[str, str] | None = None) -> re.Pattern[str] | None:
@@ -237,6 +256,7 @@ def _language(code: str, data: dict[str, Any]) -> Language:
         remainder=_any(get("tense", "remainder"), words),
         anaphora=_any(dates.get("anaphora", []), words),
         phrases=tuple(phrases),
+        screens=_screens(phrases),
     )
 
 

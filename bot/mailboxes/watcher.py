@@ -52,9 +52,10 @@ class Watcher:
 
     Every (re)connection calls `open_mailbox()` for a fresh mailbox. A handler error sets that one message
     aside in `human_folder`; a StoreError from the handler is not about the message, so the pass stops and
-    the message is tried again later. Messages are handled a batch at a time; then each target folder gets
-    one MOVE for the batch and the stored position advances once (a MOVE costs a round trip, more the fuller
-    the folder). Use poll() or watch(), one at a time; close() at the end.
+    the batch is tried again later. Messages are handled a batch at a time, their replies recorded in one
+    store transaction (Store.reply_batch); after its commit each target folder gets one MOVE for the batch
+    and the stored position advances once (a MOVE costs a round trip, more the fuller the folder). Use
+    poll() or watch(), one at a time; close() at the end.
     """
 
     BATCH = 25  # messages fetched, then moved, at once: bounds memory to BATCH * max_bytes
@@ -135,20 +136,18 @@ class Watcher:
             if not batch:
                 break
             moves: dict[str, list[int]] = {}  # target folder -> UIDs, moved together once the batch is handled
-            try:
+            handled = self.handled
+            with self.store.reply_batch():  # the batch's replies are committed together, before any move
                 for message in batch:
                     if message.uid not in skip:
                         target = await self._handle(message, handler)
                         if target is not None:
                             moves.setdefault(target, []).append(message.uid)
-                        self.handled += 1
+                        handled += 1
                     last = message.uid
                     if self._cancel.is_set():
                         break
-            except StoreError:
-                with suppress(MailboxError):  # what was recorded goes where it belongs; the rest is tried later
-                    await self._move(box, moves)
-                raise
+            self.handled = handled
             await self._move(box, moves)
             # After the moves: a crash before this line hands the batch over again, and the handler knows
             # by Message-ID what it recorded already.

@@ -88,3 +88,16 @@ def test_a_sqlite_batch_takes_the_write_lock_at_once(tmp_path: Path) -> None:
     finally:
         other.close()
         store.close()
+
+
+def test_an_in_memory_store_records_reply_by_reply_inside_a_batch() -> None:
+    """One connection per thread: a batch's transaction would shut out the store's other reads and writes."""
+    store = Store.open("sqlite:///:memory:")
+    try:
+        with store.reply_batch():
+            assert record(store, "<a@x>") is not None
+            assert record(store, "<a@x>") is None
+            assert store.inbox_position("INBOX") is None  # another transaction of the store, on the same connection
+        assert store.reply_seen("<a@x>")
+    finally:
+        store.close()

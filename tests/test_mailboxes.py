@@ -394,6 +394,7 @@ def test_a_crash_mid_batch_hands_the_batch_over_again_and_nothing_is_recorded_tw
     assert subjects(stack, HANDLED) == ["handled 1", "handled 2", "handled 3", "handled 4"]  # the first batch only
     assert sorted(r["subject"] for r in store.replies_for()) == [f"handled {i}" for i in range(1, 5)]
     first_batch = store.inbox_position("INBOX")
+    assert first_batch is None  # the position trails a batch: the first batch's was due after the second's handling
 
     class DiesMoving(ImapMailbox):
         def move(self, uids: Sequence[int], folder: str) -> None:

@@ -670,9 +670,10 @@ def markdown(result: Result) -> str:
         *_classify_row(result),
         "",
         f"Of (b), {handler:.1f} s (median, {handler / b:.0%}) is spent in the handler (`Processor`: parse, match, "
-        f"classify, record); the rest is the mailbox side (per batch of 25: SEARCH, 2 FETCHes, one MOVE per "
-        f"target folder and one position write). Outcome of a pass: {b0['handled']:,} handled, "
-        f"{b0['human']:,} for a person, "
+        f"classify, record); the rest is start-up (the store, the Processor's directory) and the mailbox work the "
+        f"handling does not hide (per batch of 25: SEARCH, 2 FETCHes and one MOVE per target folder, made by the "
+        f"mailbox thread while the next batch is handled, and one position write). Outcome of a pass: "
+        f"{b0['handled']:,} handled, {b0['human']:,} for a person, "
         f"{b0['unmatched']:,} unmatched, {b0['repeated']:,} seen before; {b0['recorded']:,} rows in `replies`; "
         f"intents: {intents}.{_spread(b_runs, result.code)}",
         "",
@@ -766,7 +767,9 @@ def findings(result: Result) -> list[str]:
         f"2. **The mailbox side.** {move['calls']:,} MOVE commands for {n:,} messages ({move['seconds']:.1f} s, "
         f"{move['seconds'] / max(move['calls'], 1) * 1000:.0f} ms each: one per target folder and batch of 25) and "
         f"{fetch['calls']:,} fetches ({fetch['seconds']:.1f} s); the position is written {positions['calls']:,} "
-        f"times. (b) spends {b - handler:.0f} s (median, unprofiled) outside the handler.")
+        f"times. (b) spends {b - handler:.0f} s (median, unprofiled) outside the handler: the mailbox thread "
+        "fetches and moves while the handler runs, but shares the interpreter lock with it (imapclient parses "
+        "responses in Python).")
     record = parts["Store.record_reply"]
     out.append(
         f"3. **The store.** {commits['calls']:,} SQLite COMMITs for {n:,} messages "

@@ -169,7 +169,7 @@ class Watcher:
             if filing is not None:
                 done, filing = filing, None
                 stored = await self._filed(done, uidvalidity)
-        except Exception:
+        except BaseException:  # a failure, or a cancelled task stopping
             if filing is not None:  # what was recorded still goes where it belongs; the position stays behind
                 with suppress(MailboxError):
                     await filing[0]

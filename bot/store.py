@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,8 +42,12 @@ from bot.schema import (
 
 log = logging.getLogger(__name__)
 
+_BATCH: ContextVar[tuple[Store, Connection] | None] = ContextVar("dunbot_reply_batch", default=None)
+"""The open reply batch of this thread or task (Store.reply_batch), if any."""
+
 
 QUEUED, SENDING, SENT, FAILED = "queued", "sending", "sent", "failed"
+IMMEDIATE = "dunbot_immediate"  # execution option: SQLite begins the transaction with BEGIN IMMEDIATE
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -110,7 +115,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN")
+    # IMMEDIATE takes the write lock at once: a long transaction that reads first could not write later
+    # if another connection wrote meanwhile (SQLITE_BUSY_SNAPSHOT, no waiting).
+    immediate = connection.get_execution_options().get(IMMEDIATE, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 class Store:
@@ -381,17 +389,63 @@ class Store:
                                                       updated_at=now))
 
     def reply_seen(self, message_id: str) -> bool:
+        batch = self._batch()
+        if batch is not None:  # sees the batch's own replies, not yet committed
+            return batch.execute(sa.select(replies.c.id).where(replies.c.message_id == message_id)).first() is not None
         with self._tx() as c:
             return c.execute(sa.select(replies.c.id).where(replies.c.message_id == message_id)).first() is not None
+
+    @contextmanager
+    def reply_batch(self) -> Iterator[None]:
+        """Replies recorded inside share one transaction, committed on leaving: one commit (one fsync) for a
+        batch of mail, not one per reply. Each reply stays all or nothing (a savepoint); an error or a crash
+        before the end records none of the batch, so the mailbox, which moves mail only after this commit,
+        hands the whole batch over again. For this thread or task only; an in-memory SQLite store (one
+        connection per thread) records reply by reply."""
+        if _BATCH.get() is not None:
+            raise RuntimeError("reply batches do not nest")
+        if self.engine.url.database in (None, "", ":memory:"):
+            yield
+            return
+        try:
+            with self.engine.connect() as connection:
+                connection.execution_options(**{IMMEDIATE: True})
+                with connection.begin():
+                    token = _BATCH.set((self, connection))
+                    try:
+                        yield
+                    finally:
+                        _BATCH.reset(token)
+        except OperationalError as exc:
+            raise StoreError(f"the store could not record the change: {exc.orig}") from exc
+
+    def _batch(self) -> Connection | None:
+        batch = _BATCH.get()
+        return batch[1] if batch is not None and batch[0] is self else None
+
+    @contextmanager
+    def _reply_tx(self) -> Iterator[Connection]:
+        """A transaction of its own, or a savepoint in the open reply batch."""
+        batch = self._batch()
+        if batch is None:
+            with self._tx() as c:
+                yield c
+            return
+        try:
+            with batch.begin_nested():
+                yield batch
+        except OperationalError as exc:
+            raise StoreError(f"the store could not record the change: {exc.orig}") from exc
 
     # Replies, and what the bot decided about them.
 
     def record_reply(self, reply: Mapping[str, Any], *, hold: Mapping[str, Any] | None,
                      escalation: Mapping[str, Any] | None, flag: Mapping[str, Any] | None,
                      invalid_contacts: Iterable[str], now: datetime) -> int | None:
-        """Record a reply and everything decided about it in one transaction; None if it was recorded before."""
+        """Record a reply and everything decided about it in one transaction (a savepoint in a reply batch);
+        None if it was recorded before."""
         try:
-            with self._tx() as c:
+            with self._reply_tx() as c:
                 rid = c.execute(replies.insert().values(**reply, created_at=now)).inserted_primary_key[0]
                 customer_id = reply["customer_id"]
                 if hold is not None:

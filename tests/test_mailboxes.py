@@ -9,7 +9,7 @@ import logging
 import mailbox
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -21,6 +21,7 @@ import pytest
 from mailstack import OWN, MailStack
 
 from bot.config import ImapSettings, Secret
+from bot.errors import StoreError
 from bot.mailboxes import ImapMailbox, Incoming, MailboxError, MaildirMailbox, Watcher
 from bot.store import Store
 
@@ -287,6 +288,164 @@ def test_oversized_message_arrives_as_headers_only(clean_mailstack: MailStack, s
     assert b"Subject: human big" in large.raw
     assert not small.truncated and small.size == len(small.raw)
     assert subjects(stack, HUMAN) == ["human big"]  # set aside whole, nothing lost
+
+
+# ---- batches ---------------------------------------------------------------------------------
+
+
+class CountingBox(ImapMailbox):
+    """The real adapter, noting each move it is asked for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.moves: list[tuple[list[int], str]] = []
+
+    def move(self, uids: Sequence[int], folder: str) -> None:
+        self.moves.append((list(uids), folder))
+        super().move(uids, folder)
+
+
+class CountingStore(Store):
+    """The real store, noting each write of the inbox position."""
+
+    positions: list[int]
+
+    def set_inbox_position(self, folder: str, uidvalidity: int, last_uid: int, now: datetime) -> None:
+        self.positions.append(last_uid)
+        super().set_inbox_position(folder, uidvalidity, last_uid, now)
+
+
+class Crash(BaseException):
+    """The process dies here: nothing after it runs (no handler, no move, no position write)."""
+
+
+class Recording(Inbox):
+    """Like the real handler: a reply recorded before is not acted on again, only filed; `crash_after` dies
+    after recording that many replies."""
+
+    def __init__(self, store: Store, crash_after: int | None = None) -> None:
+        super().__init__(store)
+        self.crash_after, self.repeated = crash_after, 0
+
+    async def __call__(self, message: Incoming) -> str | None:
+        assert self.store is not None
+        if self.store.reply_seen(message_id(message.raw)):
+            self.got.append(message)
+            self.repeated += 1
+            return HANDLED
+        folder = await super().__call__(message)
+        if self.crash_after is not None and len(self.got) == self.crash_after:
+            raise Crash
+        return folder
+
+
+def append(stack: MailStack, *subjects_: str) -> None:
+    with stack.imap(USER) as client:
+        for s in subjects_:
+            client.append("INBOX", mail(s))
+
+
+@pytest.mark.mail
+@pytest.mark.parametrize("use_move", [True, False])
+def test_a_batch_is_moved_with_one_command_per_folder_and_remembered_once(
+        clean_mailstack: MailStack, tmp_path: Path, use_move: bool) -> None:
+    stack = clean_mailstack
+    names = ["handled 1", "human 2", "none 3", "handled 4", "boom 5", "handled 6", "human 7"]
+    append(stack, *names)
+    store = CountingStore.open(f"sqlite:///{tmp_path / 'dunbot.db'}")
+    store.positions = []
+    boxes: list[CountingBox] = []
+
+    def open_box() -> CountingBox:
+        boxes.append(CountingBox(imap(stack), "INBOX", 100_000, use_move=use_move))
+        return boxes[-1]
+
+    w = Watcher(open_box, store, "INBOX", now)
+    w.BATCH = 4
+    inbox = Inbox()
+    assert run(polled(w, inbox)) == 7
+    assert inbox.subjects == names
+    uid = {subject(m.raw): m.uid for m in inbox.got}
+    assert boxes[0].moves == [
+        ([uid["handled 1"], uid["handled 4"]], HANDLED), ([uid["human 2"]], HUMAN),
+        ([uid["boom 5"], uid["human 7"]], HUMAN), ([uid["handled 6"]], HANDLED),
+    ]
+    assert store.positions == [uid["handled 4"], uid["human 7"]]  # once per batch, after its moves
+    assert subjects(stack, HANDLED) == ["handled 1", "handled 4", "handled 6"]
+    assert subjects(stack, HUMAN) == ["human 2", "boom 5", "human 7"]
+    assert subjects(stack, "INBOX") == ["none 3"]  # UID EXPUNGE (or MOVE) of the batch's UIDs only
+
+
+@pytest.mark.mail
+def test_a_crash_mid_batch_hands_the_batch_over_again_and_nothing_is_recorded_twice(
+        clean_mailstack: MailStack, store: Store) -> None:
+    stack = clean_mailstack
+    names = [f"handled {i}" for i in range(1, 6)] + ["none 6", "human 7", "handled 8"]
+    append(stack, *names)
+
+    def watcher_of(box: type[ImapMailbox] = ImapMailbox) -> Watcher:
+        w = Watcher(lambda: box(imap(stack), "INBOX", 100_000), store, "INBOX", now)
+        w.BATCH = 4
+        return w
+
+    # Dies while handling the second batch, after recording "handled 5": the batch's replies are not committed.
+    with pytest.raises(Crash):
+        run(polled(watcher_of(), Recording(store, crash_after=5)))
+    assert subjects(stack, HANDLED) == ["handled 1", "handled 2", "handled 3", "handled 4"]  # the first batch only
+    assert sorted(r["subject"] for r in store.replies_for()) == [f"handled {i}" for i in range(1, 5)]
+    first_batch = store.inbox_position("INBOX")
+    assert first_batch is None  # the position trails a batch: the first batch's was due after the second's handling
+
+    class DiesMoving(ImapMailbox):
+        def move(self, uids: Sequence[int], folder: str) -> None:
+            raise Crash(f"while moving {list(uids)} to {folder!r}")
+
+    # Dies at the second batch's first move: its replies are committed, nothing moved, the position not advanced.
+    second = Recording(store)
+    with pytest.raises(Crash):
+        run(polled(watcher_of(DiesMoving), second))
+    assert second.subjects == ["handled 5", "none 6", "human 7", "handled 8"] and second.repeated == 0
+    assert store.inbox_position("INBOX") == first_batch
+    assert subjects(stack, HANDLED) == ["handled 1", "handled 2", "handled 3", "handled 4"]
+
+    third = Recording(store)
+    assert run(polled(watcher_of(), third)) == 4
+    assert third.subjects == ["handled 5", "none 6", "human 7", "handled 8"]
+    assert third.repeated == 3  # known by their Message-IDs: filed, not recorded again ("none 6" was never recorded)
+    assert sorted(r["subject"] for r in store.replies_for()) == [
+        "handled 1", "handled 2", "handled 3", "handled 4", "handled 5", "handled 8", "human 7"]
+    # A reply seen before goes where the handler says, here (as bot.inbox does) the handled folder.
+    assert subjects(stack, HANDLED) == [f"handled {i}" for i in range(1, 6)] + ["human 7", "handled 8"]
+    assert subjects(stack, "INBOX") == ["none 6"]
+    assert store.inbox_position("INBOX")[1] == third.got[-1].uid  # type: ignore[index]
+
+
+@pytest.mark.mail
+def test_a_store_failure_mid_batch_records_and_moves_none_of_the_batch(
+        clean_mailstack: MailStack, store: Store) -> None:
+    stack = clean_mailstack
+    append(stack, "handled 1", "human 2", "handled 3", "handled 4")
+
+    class Failing(Inbox):
+        async def __call__(self, message: Incoming) -> str | None:
+            if subject(message.raw) == "handled 3":
+                raise StoreError("the store could not record the change: disk I/O error")
+            return await super().__call__(message)
+
+    w = watcher(stack, store)
+    with pytest.raises(StoreError):
+        run(polled(w, Failing(store)))
+    assert w.handled == 0
+    assert store.replies_for() == []  # "handled 1" and "human 2" were recorded in the batch, not committed
+    assert subjects(stack, "INBOX") == ["handled 1", "human 2", "handled 3", "handled 4"]  # so none was moved
+    assert store.inbox_position("INBOX") is None
+
+    again = Inbox(store)
+    assert run(polled(watcher(stack, store), again)) == 4
+    assert again.subjects == ["handled 1", "human 2", "handled 3", "handled 4"]
+    assert len(store.replies_for()) == 4
+    assert subjects(stack, HANDLED) == ["handled 1", "handled 3", "handled 4"]
+    assert subjects(stack, HUMAN) == ["human 2"]
 
 
 # ---- watching --------------------------------------------------------------------------------

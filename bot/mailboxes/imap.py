@@ -8,7 +8,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -45,6 +45,11 @@ def _keepalive(sock: socket.socket) -> None:
         for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4)):
             if hasattr(socket, name):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+def _uid_set(uids: Sequence[int]) -> str:
+    """UIDs for a log line: '7', or '7-31 (25)' for a batch."""
+    return str(uids[0]) if len(uids) == 1 else f"{min(uids)}-{max(uids)} ({len(uids)})"
 
 
 # ---- IMAP ------------------------------------------------------------------------------------
@@ -216,17 +221,18 @@ class ImapMailbox:
 
     # -- changing --
 
-    def move(self, uid: int, folder: str) -> None:
-        """MOVE if offered, else COPY + \\Deleted + UID EXPUNGE of that UID alone (never a bare EXPUNGE:
-        in a shared mailbox it would also expunge what a colleague deleted but meant to keep until later)."""
+    def move(self, uids: Sequence[int], folder: str) -> None:
+        """One UID MOVE for all of `uids` if offered, else COPY + \\Deleted + UID EXPUNGE of those UIDs alone
+        (never a bare EXPUNGE: in a shared mailbox it would also expunge what a colleague deleted but meant to
+        keep until later). One command per batch: each costs a round trip and more the fuller the folder."""
         client = self._connected()
         target = self._server_name(folder)
-        if target == self._selected:
+        if target == self._selected or not uids:
             return
-        with self._guard(f"move message {uid} to {folder!r}"):
+        with self._guard(f"move messages {_uid_set(uids)} to {folder!r}"):
             self._ensure(client, target)
             try:
-                self._transfer(client, uid, target)
+                self._transfer(client, uids, target)
             except IMAPClient.AbortError:
                 raise
             except IMAPClient.Error as exc:
@@ -234,19 +240,19 @@ class ImapMailbox:
                     raise
                 self._known.discard(target)  # deleted since we created it: once more
                 self._ensure(client, target)
-                self._transfer(client, uid, target)
+                self._transfer(client, uids, target)
 
-    def _transfer(self, client: IMAPClient, uid: int, target: str) -> None:
+    def _transfer(self, client: IMAPClient, uids: Sequence[int], target: str) -> None:
         if self.has_move:
-            client.move([uid], target)
+            client.move(list(uids), target)
             return
-        client.copy([uid], target)
-        client.delete_messages([uid], silent=True)
+        client.copy(list(uids), target)
+        client.delete_messages(list(uids), silent=True)
         if self.has_uidplus:
-            client.uid_expunge([uid])
+            client.uid_expunge(list(uids))
         else:
-            log.warning("imap %s: no UIDPLUS: message %d copied to %r and flagged \\Deleted, left for the "
-                        "mailbox's own expunge", self.where, uid, target)
+            log.warning("imap %s: no UIDPLUS: messages %s copied to %r and flagged \\Deleted, left for the "
+                        "mailbox's own expunge", self.where, _uid_set(uids), target)
 
     def _ensure(self, client: IMAPClient, name: str) -> None:
         if name in self._known:

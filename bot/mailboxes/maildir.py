@@ -8,6 +8,7 @@ import mailbox
 import os
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -106,18 +107,25 @@ class MaildirMailbox:
                 result[uid] = message_id_of(header_block(read[0], 64 * 1024))
         return result
 
-    def move(self, uid: int, folder: str) -> None:
-        """One rename(2), keeping new/ or cur/ and the flags: atomic, so a crash never leaves two copies."""
+    def move(self, uids: Sequence[int], folder: str) -> None:
+        """One rename(2) each, keeping new/ or cur/ and the flags: atomic, so a crash never leaves two copies.
+
+        A refused rename stops the batch: the messages not yet moved stay, as IMAP leaves a refused MOVE's.
+        """
         target = self._folder(folder)
-        source = self._files.get(uid)
-        if target == self._dir or source is None:
+        if target == self._dir:
             return
-        try:
-            os.rename(source, target / source.parent.name / source.name)
-        except FileNotFoundError:
-            log.warning("maildir %s: message %d was gone before it could be moved to %r", self._dir, uid, folder)
-        except OSError as exc:
-            raise MailboxRefused(f"cannot move {source} to {folder!r}: {exc.strerror}") from exc
+        for uid in uids:
+            source = self._files.pop(uid, None)  # moved once: a retry of the batch elsewhere passes it over
+            if source is None:
+                continue
+            try:
+                os.rename(source, target / source.parent.name / source.name)
+            except FileNotFoundError:
+                log.warning("maildir %s: message %d was gone before it could be moved to %r", self._dir, uid, folder)
+            except OSError as exc:
+                self._files[uid] = source
+                raise MailboxRefused(f"cannot move {source} to {folder!r}: {exc.strerror}") from exc
 
     def wait(self, seconds: float, cancel: threading.Event | None = None) -> bool:
         """Sleep-poll the folder twice a second; True as soon as a message not yet numbered is there."""

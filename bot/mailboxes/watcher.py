@@ -52,10 +52,14 @@ class Watcher:
 
     Every (re)connection calls `open_mailbox()` for a fresh mailbox. A handler error sets that one message
     aside in `human_folder`; a StoreError from the handler is not about the message, so the pass stops and
-    the message is tried again later. Use poll() or watch(), one at a time; close() at the end.
+    the batch is tried again later. Messages are handled a batch at a time, their replies recorded in one
+    store transaction (Store.reply_batch); after its commit each target folder gets one MOVE for the batch
+    (a MOVE costs a round trip, more the fuller the folder), made by the mailbox thread while the next batch
+    is handled, and the stored position passes the batch once its moves are done. Use poll() or watch(),
+    one at a time; close() at the end.
     """
 
-    BATCH = 25  # messages fetched at once: bounds memory to BATCH * max_bytes
+    BATCH = 25  # messages fetched, then moved, at once: bounds memory to BATCH * max_bytes
 
     def __init__(self, open_mailbox: Callable[[], ImapMailbox | MaildirMailbox], store: Store, folder: str,
                  clock: Callable[[], datetime], *, idle_seconds: float = 540, backoff_initial: float = 1,
@@ -70,8 +74,9 @@ class Watcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mailbox-{folder}")
         self._cancel = threading.Event()
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+    def _call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queued for the mailbox thread at once; await it when the result is needed."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     async def _mailbox(self) -> ImapMailbox | MaildirMailbox:
         if self._box is None:
@@ -128,22 +133,64 @@ class Watcher:
                         "resyncing by Message-ID", self.folder, position[0], uidvalidity)
             ids = await self._call(box.message_ids)
             skip = frozenset(uid for uid, mid in ids.items() if mid and self.store.reply_seen(mid))
-        while not self._cancel.is_set():  # until a fetch comes back empty: a MOVE's reply may announce new mail
-            batch = await self._call(box.fetch_after, last, self.BATCH)
-            if not batch:
-                break
-            for message in batch:
-                if message.uid not in skip:
-                    await self._handle(box, message, handler)
-                    self.handled += 1
-                last, stored = message.uid, (uidvalidity, message.uid)
-                self.store.set_inbox_position(self.folder, uidvalidity, last, self.clock())
-                if self._cancel.is_set():
-                    break
+        # A pipeline: while a batch is handled here, the mailbox thread moves the previous batch and fetches the
+        # next one. A batch's replies are committed before its moves are queued, and the position passes a
+        # batch only once its moves are done, so it trails the handling by up to a batch.
+        fetching: asyncio.Future[list[Incoming]] | None = None
+        filing: tuple[asyncio.Task[None], int] | None = None  # the previous batch's moves, and its last UID
+        try:
+            while not self._cancel.is_set():  # until a fetch after the last move comes back empty
+                batch = await (fetching or self._call(box.fetch_after, last, self.BATCH))
+                fetching = None
+                if not batch:
+                    if filing is None:
+                        break
+                    done, filing = filing, None  # a MOVE's reply may announce new mail: fetch again after it
+                    stored = await self._filed(done, uidvalidity)
+                    continue
+                fetching = self._call(box.fetch_after, batch[-1].uid, self.BATCH)
+                moves: dict[str, list[int]] = {}  # target folder -> UIDs, moved together once the batch is handled
+                handled = self.handled
+                with self.store.reply_batch():  # the batch's replies are committed together, before any move
+                    for message in batch:
+                        if message.uid not in skip:
+                            target = await self._handle(message, handler)
+                            if target is not None:
+                                moves.setdefault(target, []).append(message.uid)
+                            handled += 1
+                        last = message.uid
+                        if self._cancel.is_set():
+                            break
+                self.handled = handled
+                if filing is not None:
+                    done, filing = filing, None
+                    stored = await self._filed(done, uidvalidity)
+                filing = (asyncio.ensure_future(self._move(box, moves)), last)
+            if filing is not None:
+                done, filing = filing, None
+                stored = await self._filed(done, uidvalidity)
+        except BaseException:  # a failure, or a cancelled task stopping
+            if filing is not None:  # what was recorded still goes where it belongs; the position stays behind
+                with suppress(MailboxError):
+                    await filing[0]
+            raise
+        finally:
+            if fetching is not None and not fetching.cancel() and not fetching.cancelled():
+                fetching.exception()  # done already: its failure, if any, is of no interest now
         if stored != (uidvalidity, last):  # first run, or a resync that found nothing to hand over
             self.store.set_inbox_position(self.folder, uidvalidity, last, self.clock())
 
-    async def _handle(self, box: ImapMailbox | MaildirMailbox, message: Incoming, handler: Handler) -> None:
+    async def _filed(self, filing: tuple[asyncio.Task[None], int], uidvalidity: int) -> tuple[int, int]:
+        """Once a batch's moves are done, the position passes it: a crash before this hands the batch over
+        again, and the handler knows by Message-ID what it recorded already."""
+        moving, last = filing
+        await moving
+        self.store.set_inbox_position(self.folder, uidvalidity, last, self.clock())
+        return uidvalidity, last
+
+    async def _handle(self, message: Incoming, handler: Handler) -> str | None:
+        """The folder the handler names for the message (None: leave it); a failing handler's message goes
+        to human_folder."""
         try:
             target = await handler(message)
         except StoreError:
@@ -152,22 +199,24 @@ class Watcher:
             log.exception("mailbox %s: the handler failed on message %d; setting it aside in %r",
                           self.folder, message.uid, self.human_folder)
             target = self.human_folder
-        if target is not None:
-            await self._move(box, message.uid, target)
         if message.arrived is not None:
             with suppress(TypeError):  # a naive clock cannot be compared: no metric, no crash
                 self.lag = max(0.0, (self.clock() - message.arrived).total_seconds())
+        return target
 
-    async def _move(self, box: ImapMailbox | MaildirMailbox, uid: int, target: str) -> None:
-        """A refused move sets the message aside for a person; if even that is refused it stays where it is."""
-        for folder in dict.fromkeys((target, self.human_folder)):
-            try:
-                await self._call(box.move, uid, folder)
-                log.debug("mailbox %s: message %d moved to %r", self.folder, uid, folder)
-                return
-            except MailboxRefused as exc:
-                log.error("mailbox %s: %s", self.folder, exc)
-        log.error("mailbox %s: message %d left in place", self.folder, uid)
+    async def _move(self, box: ImapMailbox | MaildirMailbox, moves: dict[str, list[int]]) -> None:
+        """One move per target folder. A refused move sets its messages aside for a person; if even that is
+        refused they stay where they are."""
+        for target, uids in moves.items():
+            for folder in dict.fromkeys((target, self.human_folder)):
+                try:
+                    await self._call(box.move, uids, folder)
+                    log.debug("mailbox %s: messages %s moved to %r", self.folder, uids, folder)
+                    break
+                except MailboxRefused as exc:
+                    log.error("mailbox %s: %s", self.folder, exc)
+            else:
+                log.error("mailbox %s: messages %s left in place", self.folder, uids)
 
     async def watch(self, handler: Handler, stop: asyncio.Event) -> None:
         """Until `stop`: catch up, IDLE (renewed every idle_seconds), catch up on every wake and reconnect.

@@ -34,9 +34,6 @@ class FoundDate:
     rolled: bool = False  # "the 10th" written on the 18th: read as next month's, though it may be past
 
 
-EXACT_KINDS = ("parse", "numeric", "weekday_day")
-"""Spans that name a calendar date; the others (weekdays, "next week") always point forward."""
-
 
 def find_dates(text: str, base: date, langs: Iterable[Language], *, past: bool = False) -> list[FoundDate]:
     """Future dates (within the horizon) written in ``text``, in reading order; with ``past``, the
@@ -50,8 +47,9 @@ def find_dates(text: str, base: date, langs: Iterable[Language], *, past: bool =
     taken: list[tuple[int, int]] = []
     found: list[FoundDate] = []
     for lang in langs:
-        spans = [s for s in lang.date_spans if s.kind in EXACT_KINDS] if past else lang.date_spans
-        matches = [(m, span) for span in spans for m in span.pattern.finditer(squeezed)]
+        screens = lang.past_screens if past else lang.date_screens  # the spans, less those matching nowhere
+        matches = [(m, span) for screen, spans in screens if screen.search(squeezed)
+                   for span in spans for m in span.pattern.finditer(squeezed)]
         matches.sort(key=lambda ms: (ms[0].start(), -(ms[0].end() - ms[0].start())))
         spent: list[tuple[int, int]] = []  # resolved outside the window, in this language's reading
         for match, span in matches:

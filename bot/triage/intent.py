@@ -99,13 +99,16 @@ def decide(
     when = _Tense(squeezed, langs, future_at, [bisect_left(offsets, d) for d in past_dates])
     hits: dict[str, list[tuple[int, int, float]]] = {}
     for lang in langs:
-        for phrase in lang.phrases:
-            if phrase.needs_date and not has_future_date:
+        for screen, phrases in lang.screens:  # lang.phrases, in order, less those that match nowhere
+            if not screen.search(squeezed):
                 continue
-            for match in phrase.pattern.finditer(squeezed):
-                if _counts(squeezed, match, phrase.intent, lang):
-                    hits.setdefault(phrase.intent, []).append((match.start(), match.end(), phrase.weight))
-                    break
+            for phrase in phrases:
+                if phrase.needs_date and not has_future_date:
+                    continue
+                for match in phrase.pattern.finditer(squeezed):
+                    if _counts(squeezed, match, phrase.intent, lang):
+                        hits.setdefault(phrase.intent, []).append((match.start(), match.end(), phrase.weight))
+                        break
     _settle_tenseless(hits, when)
     _settle_arrival(hits)
     _settle_circumstances(hits)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 import tomllib
 import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 LANG_DIR = Path(__file__).parent / "lang"
 
@@ -131,6 +132,9 @@ class Language:
     remainder: re.Pattern[str] | None  # "the rest", "the other half": only part was paid
     anaphora: re.Pattern[str] | None  # "on that date": the date is the one written before
     phrases: tuple[Phrase, ...]
+    screens: tuple[tuple[re.Pattern[str], tuple[Phrase, ...]], ...]  # the phrases in order, SCREEN at a time
+    date_screens: tuple[tuple[re.Pattern[str], tuple[DateSpan, ...]], ...]  # date_spans alike
+    past_screens: tuple[tuple[re.Pattern[str], tuple[DateSpan, ...]], ...]  # those of EXACT_KINDS alike
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,36 @@ def _compile(patterns: list[str], flags: int = 0, words: dict[str, str] | None =
             pattern = pattern.replace("{" + key + "}", alternation)
         out.append(re.compile(pattern, flags))
     return tuple(out)
+
+
+T = TypeVar("T")
+
+EXACT_KINDS = ("parse", "numeric", "weekday_day")
+"""Date spans that name a calendar date; the others (weekdays, "next week") always point forward."""
+
+SCREEN = 8
+"""Patterns per screen: one search for any of them rules them all out at once. A reply matches two or three
+of some 250 intent phrases and few date shapes, and one search of an alternation costs less than eight."""
+
+_GROUP_NAME = re.compile(r"\(\?P<\w+>")
+_NO_SCREEN = re.compile(r"\(\?P=|\(\?\(|\\[1-9]")
+"""Backreferences and conditionals would change meaning in an alternation: such patterns are refused."""
+
+
+def _screens(items: Sequence[T], pattern: Callable[[T], re.Pattern[str]]) -> tuple[tuple[re.Pattern[str],
+                                                                                    tuple[T, ...]], ...]:
+    """(an alternation of the items' patterns, the items), SCREEN at a time, in order: the alternation finds a
+    match wherever one of them would. Group names are dropped from it (they would clash), flags kept."""
+    screens = []
+    for i in range(0, len(items), SCREEN):
+        chunk = tuple(items[i : i + SCREEN])
+        patterns = [pattern(item) for item in chunk]
+        flags = {p.flags for p in patterns}
+        if len(flags) != 1 or any(_NO_SCREEN.search(p.pattern) for p in patterns):
+            raise ValueError(f"patterns {[p.pattern for p in patterns]} cannot share a screen")
+        either = "|".join(f"(?:{_GROUP_NAME.sub('(?:', p.pattern)})" for p in patterns)
+        screens.append((re.compile(either, flags.pop()), chunk))
+    return tuple(screens)
 
 
 def _any(patterns: list[str], words: dict[str, str] | None = None) -> re.Pattern[str] | None:
@@ -237,6 +271,9 @@ def _language(code: str, data: dict[str, Any]) -> Language:
         remainder=_any(get("tense", "remainder"), words),
         anaphora=_any(dates.get("anaphora", []), words),
         phrases=tuple(phrases),
+        screens=_screens(phrases, lambda p: p.pattern),
+        date_screens=_screens(spans, lambda d: d.pattern),
+        past_screens=_screens([d for d in spans if d.kind in EXACT_KINDS], lambda d: d.pattern),
     )
 
 

@@ -81,7 +81,8 @@ def _quote_start(folded: list[str], table: list[Language]) -> int:
     for i, line in enumerate(folded):
         if not line:
             continue
-        if any(p.search(candidate) for p in attributions for candidate in _wrapped(folded, i)):
+        candidates = _wrapped(folded, i)
+        if any(p.search(candidate) for p in attributions for candidate in candidates):
             return i
         if _field(line) in header_from:
             following = [_field(x) for x in folded[i + 1 : i + 1 + _HEADER_WINDOW]]

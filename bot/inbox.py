@@ -83,10 +83,11 @@ class Processor:
         if _header(headers, "X-Loop").lower() == self.loop_marker:
             self.tally.own += 1
             return None
-        if self.store.reply_seen(message_id):
+        escalated = self.store.reply_escalated(message_id)
+        if escalated is not None:
             self.tally.repeated += 1
             log.info("reply %s was handled before; not acted on again", message_id)
-            return self.settings.inbox.handled_folder
+            return self.settings.inbox.human_folder if escalated else self.settings.inbox.handled_folder
         found = self._match(raw, headers)
         if found is None:
             self.tally.unmatched += 1

@@ -388,12 +388,17 @@ class Store:
                 c.execute(inbox_state.insert().values(folder=folder, uidvalidity=uidvalidity, last_uid=last_uid,
                                                       updated_at=now))
 
-    def reply_seen(self, message_id: str) -> bool:
+    def reply_escalated(self, message_id: str) -> bool | None:
+        """Whether a recorded reply went to a person; None if it was never recorded. A reply recorded but not
+        yet moved (a crash between the two) is filed again where its decision sent it."""
+        query = sa.select(replies.c.escalate).where(replies.c.message_id == message_id)
         batch = self._batch()
         if batch is not None:  # sees the batch's own replies, not yet committed
-            return batch.execute(sa.select(replies.c.id).where(replies.c.message_id == message_id)).first() is not None
-        with self._tx() as c:
-            return c.execute(sa.select(replies.c.id).where(replies.c.message_id == message_id)).first() is not None
+            row = batch.execute(query).first()
+        else:
+            with self._tx() as c:
+                row = c.execute(query).first()
+        return None if row is None else bool(row[0])
 
     @contextmanager
     def reply_batch(self) -> Iterator[None]:

@@ -111,7 +111,7 @@ class Inbox:
             self.store.record_reply({
                 "message_id": message_id(message.raw), "customer_id": None, "matched_by": None,
                 "sender": "ana@customers.test", "subject": subject(message.raw), "sent_at": None,
-                "raw": message.raw, "language": "en", "intent": "other", "confidence": 1.0, "escalate": False,
+                "raw": message.raw, "language": "en", "intent": "other", "confidence": 1.0, "escalate": folder == HUMAN,
                 "classification": "{}", "action": "",
             }, hold=None, escalation=None, flag=None, invalid_contacts=(), now=now())
         return folder
@@ -329,10 +329,11 @@ class Recording(Inbox):
 
     async def __call__(self, message: Incoming) -> str | None:
         assert self.store is not None
-        if self.store.reply_seen(message_id(message.raw)):
+        escalated = self.store.reply_escalated(message_id(message.raw))
+        if escalated is not None:
             self.got.append(message)
             self.repeated += 1
-            return HANDLED
+            return HUMAN if escalated else HANDLED
         folder = await super().__call__(message)
         if self.crash_after is not None and len(self.got) == self.crash_after:
             raise Crash
@@ -414,8 +415,9 @@ def test_a_crash_mid_batch_hands_the_batch_over_again_and_nothing_is_recorded_tw
     assert third.repeated == 3  # known by their Message-IDs: filed, not recorded again ("none 6" was never recorded)
     assert sorted(r["subject"] for r in store.replies_for()) == [
         "handled 1", "handled 2", "handled 3", "handled 4", "handled 5", "handled 8", "human 7"]
-    # A reply seen before goes where the handler says, here (as bot.inbox does) the handled folder.
-    assert subjects(stack, HANDLED) == [f"handled {i}" for i in range(1, 6)] + ["human 7", "handled 8"]
+    # A reply seen before is filed where its recorded decision sent it (as bot.inbox does): "human 7" to a person.
+    assert subjects(stack, HANDLED) == [f"handled {i}" for i in range(1, 6)] + ["handled 8"]
+    assert subjects(stack, HUMAN) == ["human 7"]
     assert subjects(stack, "INBOX") == ["none 6"]
     assert store.inbox_position("INBOX")[1] == third.got[-1].uid  # type: ignore[index]
 

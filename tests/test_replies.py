@@ -204,3 +204,26 @@ def test_corrected_readings_become_a_labelled_set_for_eval(world: tuple[Path, Pa
     assert (folder / label["file"]).read_bytes() == reply["raw"]
     code, out = run("triage", "eval", str(folder))
     assert code == 0 and "messages            1" in out
+
+
+def test_a_reply_recorded_but_not_yet_filed_is_filed_where_its_decision_sent_it(
+        world: tuple[Path, Path], tmp_path: Path) -> None:
+    """A crash between a batch's commit and its moves hands the mail over again: not acted on twice, and a
+    reply that needs a person must not end up among the handled ones."""
+    from datetime import UTC, datetime
+
+    from bot.config import load_settings
+    from bot.inbox import Processor
+
+    config, _ledger = world
+    sent = sent_to(tmp_path)
+    paid = answer(sent["ap@paid.test"], "ap@paid.test", "We paid this yesterday by wire transfer.")
+    disputed = answer(sent["ap@damaged.test"], "ap@damaged.test", "The goods arrived damaged; we will not pay.")
+    settings = load_settings(config)
+    store = Store.open(settings.store_url)
+    processor = Processor(store, settings, lambda: datetime(2026, 11, 24, 13, tzinfo=UTC))
+    first = [processor.handle(paid), processor.handle(disputed)]
+    assert first == [settings.inbox.handled_folder, settings.inbox.human_folder]
+    again = [processor.handle(paid), processor.handle(disputed)]
+    assert again == first and processor.tally.repeated == 2
+    assert len(store.replies_for()) == 2 and len(store.open_escalations()) == 1

@@ -25,14 +25,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         opened.close()
 
 
-def reply(message_id: str) -> dict[str, Any]:
+def reply(message_id: str, escalate: bool = False) -> dict[str, Any]:
     return {"message_id": message_id, "customer_id": None, "matched_by": None, "sender": "ana@customers.test",
             "subject": "Re: invoice", "sent_at": NOW, "raw": b"raw\r\n", "language": "en", "intent": "other",
-            "confidence": 1.0, "escalate": False, "classification": "{}", "action": ""}
+            "confidence": 1.0, "escalate": escalate, "classification": "{}", "action": ""}
 
 
-def record(store: Store, message_id: str) -> int | None:
-    return store.record_reply(reply(message_id), hold=None, escalation=None, flag=None, invalid_contacts=(), now=NOW)
+def record(store: Store, message_id: str, escalate: bool = False) -> int | None:
+    return store.record_reply(reply(message_id, escalate), hold=None, escalation=None, flag=None,
+                              invalid_contacts=(), now=NOW)
 
 
 def committed(store: Store) -> set[str]:
@@ -48,13 +49,14 @@ def test_a_batch_sees_its_own_replies_and_commits_them_together(store: Store) ->
     assert record(store, "<before@x>") is not None
     with store.reply_batch():
         assert record(store, "<a@x>") is not None
-        assert store.reply_seen("<a@x>") and store.reply_seen("<before@x>")
+        assert store.reply_escalated("<a@x>") is False and store.reply_escalated("<before@x>") is False
         assert record(store, "<a@x>") is None  # recorded before, in this batch: only its own savepoint undone
         assert record(store, "<before@x>") is None
-        assert record(store, "<b@x>") is not None
+        assert record(store, "<b@x>", escalate=True) is not None
+        assert store.reply_escalated("<b@x>") is True
         assert committed(store) == {"<before@x>"}
     assert committed(store) == {"<before@x>", "<a@x>", "<b@x>"}
-    assert not store.reply_seen("<c@x>")
+    assert store.reply_escalated("<c@x>") is None and store.reply_escalated("<b@x>") is True
 
 
 def test_a_failed_batch_records_nothing(store: Store) -> None:
@@ -65,7 +67,7 @@ def test_a_failed_batch_records_nothing(store: Store) -> None:
 
     with pytest.raises(ValueError, match="dies here"):
         dies_mid_batch()
-    assert committed(store) == set() and not store.reply_seen("<a@x>")
+    assert committed(store) == set() and store.reply_escalated("<a@x>") is None
     assert record(store, "<a@x>") is not None  # handed over again: recorded once
 
 
@@ -81,7 +83,7 @@ def test_a_sqlite_batch_takes_the_write_lock_at_once(tmp_path: Path) -> None:
     other = sqlite3.connect(path, timeout=0.1, isolation_level=None)
     try:
         with store.reply_batch():
-            assert not store.reply_seen("<a@x>")  # a read only, yet the write lock is ours
+            assert store.reply_escalated("<a@x>") is None  # a read only, yet the write lock is ours
             with pytest.raises(sqlite3.OperationalError, match="locked"):
                 other.execute("UPDATE inbox_state SET last_uid = 0")
         other.execute("UPDATE inbox_state SET last_uid = 0")  # free again after the batch
@@ -98,6 +100,6 @@ def test_an_in_memory_store_records_reply_by_reply_inside_a_batch() -> None:
             assert record(store, "<a@x>") is not None
             assert record(store, "<a@x>") is None
             assert store.inbox_position("INBOX") is None  # another transaction of the store, on the same connection
-        assert store.reply_seen("<a@x>")
+        assert store.reply_escalated("<a@x>") is False
     finally:
         store.close()

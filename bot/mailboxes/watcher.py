@@ -132,7 +132,7 @@ class Watcher:
             log.warning("mailbox %s: UIDVALIDITY changed from %d to %d (folder recreated or server restored): "
                         "resyncing by Message-ID", self.folder, position[0], uidvalidity)
             ids = await self._call(box.message_ids)
-            skip = frozenset(uid for uid, mid in ids.items() if mid and self.store.reply_seen(mid))
+            skip = frozenset(uid for uid, mid in ids.items() if mid and self.store.reply_escalated(mid) is not None)
         # A pipeline: while a batch is handled here, the mailbox thread moves the previous batch and fetches the
         # next one. A batch's replies are committed before its moves are queued, and the position passes a
         # batch only once its moves are done, so it trails the handling by up to a batch.

@@ -14,10 +14,8 @@ import re
 from functools import cache
 from pathlib import Path
 
-from langdetect.detector import Detector
 from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
-from langdetect.lang_detect_exception import ErrorCode, LangDetectException
-from langdetect.utils.ngram import NGram
+from langdetect.lang_detect_exception import LangDetectException
 
 from bot.triage.phrases import fold, languages
 
@@ -40,69 +38,6 @@ SALUTATION_WORDS = 4
 
 _NOISE = re.compile(r"https?://\S+|\S+@\S+|\d+")
 _WORD = re.compile(r"[^\W\d_]+")
-
-
-class _Detector(Detector):  # type: ignore[misc]
-    """langdetect's Detector with its two hot loops written tight: the same n-grams, the same seeded draws
-    and the same float operations in the same order, so the very same probabilities, in less time (the stock
-    loops pay a method call per character and per draw)."""
-
-    def _extract_ngrams(self) -> list[str]:
-        table = self.word_lang_prob_map
-        found: list[str] = []
-        grams, capital = " ", False
-        for ch in self.text:  # NGram.add_char, then the 1-, 2- and 3-grams that are in the profiles
-            ch = _normal(ch)
-            last = grams[-1]
-            if last == " ":
-                grams, capital = " ", False
-                if ch == " ":
-                    continue
-            elif len(grams) >= NGram.N_GRAM:
-                grams = grams[1:]
-            grams += ch
-            capital = ch.isupper() and (capital or last.isupper())
-            if capital:
-                continue
-            for n in range(1, min(len(grams), NGram.N_GRAM) + 1):
-                w = grams[-n:]
-                if w != " " and w in table:
-                    found.append(w)
-        return found
-
-    def _detect_block(self) -> None:
-        self.cleaning_text()
-        ngrams = self._extract_ngrams()
-        if not ngrams:
-            raise LangDetectException(ErrorCode.CantDetectError, "No features in text.")
-        rows = [self.word_lang_prob_map[w] for w in ngrams]
-        count, trials = len(rows), self.n_trial
-        self.langprob = [0.0] * len(self.langlist)
-        self.random.seed(self.seed)
-        draw = self.random._randbelow  # what random.choice(ngrams) calls, without the checks around it
-        for _ in range(trials):
-            prob = self._init_probability()
-            weight = (self.alpha + self.random.gauss(0.0, 1.0) * self.ALPHA_WIDTH) / self.BASE_FREQ
-            # The stock loop draws one n-gram at a time and normalises after draws 0, 5, 10, ... up to the
-            # limit: the same draws, five at a time, multiplied left to right as it does.
-            prob = [p * (weight + a) for p, a in zip(prob, rows[draw(count)], strict=True)]
-            i = 0
-            while True:
-                total = sum(prob)
-                prob = [p / total for p in prob]
-                if max(prob) > self.CONV_THRESHOLD or i >= self.ITERATION_LIMIT:
-                    break
-                a, b, c, d, e = rows[draw(count)], rows[draw(count)], rows[draw(count)], rows[draw(count)], \
-                    rows[draw(count)]
-                prob = [p * (weight + x1) * (weight + x2) * (weight + x3) * (weight + x4) * (weight + x5)
-                        for p, x1, x2, x3, x4, x5 in zip(prob, a, b, c, d, e, strict=True)]
-                i += 5
-            self.langprob = [s + p / trials for s, p in zip(self.langprob, prob, strict=True)]
-
-
-@cache
-def _normal(ch: str) -> str:
-    return str(NGram.normalize(ch))
 
 
 @cache
@@ -170,7 +105,7 @@ def _langdetect(text: str, codes: tuple[str, ...], threshold: float) -> str | No
     factory = _factory(codes)
     if factory is None:
         return None
-    detector = _Detector(factory)
+    detector = factory.create()
     detector.append(text)
     try:
         best = detector.get_probabilities()[0]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -50,7 +50,7 @@ class Lookup(Protocol):
     """What matching a reply asks about the reminders sent (the newest reminder answers first).
 
     Invoice keys are upper-cased, addresses lower-cased. The store answers with indexed queries
-    (bot/directory.py); `Directory` answers from plain mappings.
+    (bot/directory.py); the tests of the pure matching answer from plain mappings (tests/lookups.py).
     """
 
     def customer_of_message(self, message_id: str) -> str | None: ...
@@ -65,42 +65,6 @@ class Lookup(Protocol):
         """Invoice keys a reply out of thread may name, given its folded words and digit strings (a superset
         will do: triage looks for these keys in the text)."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class Directory:
-    """A Lookup from plain mappings: what the bot has sent, indexed for matching replies to customers."""
-
-    by_message_id: Mapping[str, str] = field(default_factory=dict)
-    by_invoice: Mapping[str, str] = field(default_factory=dict)
-    by_address: Mapping[str, str] = field(default_factory=dict)
-    language: Mapping[str, str] = field(default_factory=dict)
-    invoices: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    contact: Mapping[str, str] = field(default_factory=dict)
-
-    def customer_of_message(self, message_id: str) -> str | None:
-        return self.by_message_id.get(message_id)
-
-    def customer_of_invoice(self, invoice: str) -> str | None:
-        return self.by_invoice.get(invoice)
-
-    def customer_of_address(self, address: str) -> str | None:
-        return self.by_address.get(address)
-
-    def owners_of_domain(self, domain: str) -> set[str]:
-        return {cid for address, cid in self.by_address.items() if address.rpartition("@")[2] == domain}
-
-    def language_of(self, customer_id: str) -> str | None:
-        return self.language.get(customer_id)
-
-    def contact_of(self, customer_id: str) -> str:
-        return self.contact.get(customer_id, "")
-
-    def invoices_of(self, customer_id: str) -> frozenset[str]:
-        return self.invoices.get(customer_id, frozenset())
-
-    def known_invoices(self, _words: Collection[str], _digits: Collection[str], /) -> frozenset[str]:
-        return frozenset(self.by_invoice)
 
 
 @dataclass(frozen=True, slots=True)

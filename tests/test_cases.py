@@ -7,8 +7,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from lookups import Directory
 
-from bot.cases import HANDLED, HUMAN, SUGGESTED_STEPS, Directory, decide, match
+from bot.cases import HANDLED, HUMAN, SUGGESTED_STEPS, decide, match
 from bot.config import TriageSettings
 from bot.triage import INTENTS, Bounce, Classification
 

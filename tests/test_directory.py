@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from lookups import Directory
 from stores import BACKENDS, store_url
 
-from bot.cases import Directory
 from bot.config import load_settings
 from bot.directory import StoreDirectory
 from bot.inbox import Processor

@@ -225,36 +225,38 @@ def _measure(kind: str, rep: int, work: Path, ledger_file: Path, port: int, size
 
 NOTES = """\
 What was done in this round (`bot/outbox.py`, `bot/dunning.py`, `bot/store.py`, `bot/templates.py`,
-migration 0006), each measured side by side with the version before it on this machine:
+migration 0006):
 
 - The message bytes live in a table of their own (`reminder_messages`), written once at enqueue; migration
   0006 moves the existing ones. A status mark now rewrites the ~100-byte `reminders` row, not the ~8 KB
-  message. Alone, a group commit of three "sending" and three "sent" marks at synchronous=FULL took
-  1.12-1.17 ms before and 0.87-0.90 ms after; recording 100 reminders 6.0-6.1 ms before, 6.4-6.7 ms after
-  (one statement more).
+  message. Alone (an ad-hoc timing of `Store.mark` and `Store.enqueue`, not part of this benchmark), a group
+  commit of three "sending" and three "sent" marks at synchronous=FULL took 1.12-1.17 ms before and
+  0.87-0.90 ms after; recording 100 reminders 6.0-6.1 ms before, 6.4-6.7 ms after (one statement more).
 - `dunbot send` delivers each recorded batch of 100 while the next is rendered (`outbox.send_plan`): the
   first message is on the wire ~0.2 s after planning instead of after every message is rendered (~7 s).
   Every guarantee stands: a reminder is committed with its exact bytes before it is offered to a connection,
   "sending" is committed before its SMTP transaction, "sent" after, and before its connection starts another;
   if delivery stops, the rest is still recorded (`tests/test_send_pass.py`, `tests/test_crash.py`).
-  Rendering runs at most two batches ahead, so the pass no longer holds every message in memory.
+  Rendering runs at most three batches ahead, so the pass no longer holds every message in memory.
 - Templates are looked at once per pass (`Templates.refresh`), not by Jinja on every render (~10 stats per
   message); an edit takes effect at the next pass.
 - The recorder lets the connections in every ten renders: a turn of the event loop per message cost
   ~1.4 s of CPU per 10,000 (the process used 18.3-18.5 s of CPU with a turn per 20 messages, 19.7-19.8 s
   with one per message).
 
-What it bought: little, here. Side by side (`dunbot send` start to exit, 10,000 reminders, same Postfix,
-interleaved, load average 5-7 from other jobs on the two cores), the version before this round took
-31.0-32.4 s (18.1-18.6 s of CPU) and this one 26.2-28.8 s (18.3-18.7 s of CPU) in the runs with the
-final yielding, 27.4-32.9 s in one with a yield per message: within the noise of each other. The process
-uses 56-70 % of a core over its run; it is starved by the machine as much as it is slow.
+What it bought: nothing measurable in throughput, here. Side by side (`dunbot send` start to exit, the
+same 10,000 reminders and Postfix, interleaved with smtp-source at 7.7-7.8 s, load average 4-8 from other
+jobs on the two cores), the version before this round took 25.0 and 27.0 s (18.7 and 19.1 s of CPU), this
+one 26.7 and 30.0 s (19.5 and 18.5 s of CPU): within the machine's noise of each other. What it did buy:
+the first message leaves in a fifth of a second, and a pass holds a few batches of messages, not all of them.
+The process uses 56-75 % of a core over its run: it is starved by the machine as much as it is slow.
 
 Where the ten connections' time goes (instrumented run, FULL): ~40 % waiting for their "sending" commit
-(a group commit took ~5 ms in the run against 0.9 ms alone: its thread waits for the GIL and a core while
-the event loop renders and talks SMTP), ~55 % in SMTP transactions (~19 ms per message per connection,
-against ~10 ms for smtp-source's sessions), ~1 % waiting for rendering. synchronous=NORMAL cuts the commit
-to ~3 ms in the run but not the wall time measurably, and stays off (see below). What is left, largest first:
+(a group commit took ~5 ms in the run against 0.9 ms alone: its thread competes with the event loop for
+the GIL and with everything else on the machine for a core; a shorter switch interval did not help),
+~55 % in SMTP transactions (~19 ms per message per connection, against ~10 ms for smtp-source's sessions),
+~1 % waiting for rendering. synchronous=NORMAL cuts the commit to ~3 ms in the run but not the wall time
+measurably, and stays off (see below). What is left, largest first:
 1. The commit wait. Exactly once needs a commit between a message's acceptance and its connection's next
    transaction; claiming the next reminder while the current one is in flight would hide the wait, but
    widens the crash window from one reminder per connection to two: a decision for the project, not taken

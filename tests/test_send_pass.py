@@ -4,6 +4,9 @@ every guarantee of recording everything first: bytes committed before sending, "
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -106,3 +109,27 @@ def test_a_store_that_fills_up_stops_the_pass(tmp_path: Path) -> None:
     # The first batch is recorded, the second is not; the rest of the first waits for the next pass.
     counts = store.counts()
     assert counts["sent"] == len(transport.seen) and counts["sent"] + counts.get("queued", 0) == outbox.RECORD_BATCH
+
+
+def test_templates_edited_between_passes_are_used_by_the_next(tmp_path: Path) -> None:
+    """The daemon keeps one Templates for every pass: each pass (enqueue, as the daemon runs it) looks again."""
+    settings, store, _ = setup(tmp_path)
+    templates_dir = tmp_path / "templates"
+    shutil.copytree(settings.templates_dir, templates_dir)
+    settings = replace(settings, templates_dir=templates_dir)
+    templates = Templates(settings.templates_dir, settings.languages, settings.company.language)
+    invoices = read_ledger(settings.ledger).open_invoices
+    now = datetime.fromisoformat(NOW)
+
+    def one_pass(invoice_id: str) -> str:
+        plan = dunning.plan_from_store(store, [i for i in invoices if i.invoice_id == invoice_id], now, settings)
+        outbox.enqueue(plan, store, templates, settings, outbox.Report())
+        (reminder,) = plan.reminders
+        return next(r["subject"] for r in store.reminders_for() if r["customer_id"] == reminder.customer.customer_id)
+
+    assert one_pass("INV-0").startswith("Second reminder: invoice INV-0, 7 days overdue")
+    subject = templates_dir / "en" / "second_reminder" / "subject.txt"
+    subject.write_text("Edited: {{ invoices[0].id }}\n")
+    later = subject.stat().st_mtime_ns + 5_000_000_000
+    os.utime(subject, ns=(later, later))
+    assert one_pass("INV-1") == "Edited: INV-1"

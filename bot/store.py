@@ -340,14 +340,14 @@ class Store:
 
     def withdraw(self, rid: int) -> None:
         """Delete a reminder that was never sent (its invoices changed): its stages and Message-ID become free."""
+        # Writes first, no read before them: on SQLite a transaction that reads and then writes fails at once
+        # when another connection committed in between.
+        unsent = (sa.select(reminders.c.id).where(reminders.c.id == rid)
+                  .where(reminders.c.status.in_((QUEUED, SENDING))).scalar_subquery())
         with self._tx() as c:
-            unsent = c.execute(sa.select(reminders.c.id).where(reminders.c.id == rid)
-                               .where(reminders.c.status.in_((QUEUED, SENDING)))).first()
-            if unsent is None:
-                return
-            c.execute(reminder_invoices.delete().where(reminder_invoices.c.reminder_id == rid))
-            c.execute(reminder_messages.delete().where(reminder_messages.c.reminder_id == rid))
-            c.execute(reminders.delete().where(reminders.c.id == rid))
+            c.execute(reminder_invoices.delete().where(reminder_invoices.c.reminder_id == unsent))
+            c.execute(reminder_messages.delete().where(reminder_messages.c.reminder_id == unsent))
+            c.execute(reminders.delete().where(reminders.c.id == rid).where(reminders.c.status.in_((QUEUED, SENDING))))
 
     def mark_contact_invalid(self, address: str, reason: str, now: datetime) -> None:
         address = address.lower()

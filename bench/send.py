@@ -76,9 +76,10 @@ def prebuild(config_file: Path) -> list[tuple[str, tuple[str, ...], bytes]]:
 # ---- children: each measurement is a fresh process ------------------------------------------------
 
 def dunbot_child(config_file: Path, synchronous: str) -> dict[str, Any]:
-    """`dunbot send`, as the command line runs it, with timestamps around its two halves."""
+    """`dunbot send`, as the command line runs it, with timestamps: the pass's recording and delivery (one
+    overlapped stretch since they run together) and its first message on the wire."""
     marks: dict[str, float] = {"child": time.time()}
-    from bot import outbox, store
+    from bot import outbox, store, transports
 
     if synchronous != "FULL":
         pragmas = store._sqlite_pragmas
@@ -88,21 +89,21 @@ def dunbot_child(config_file: Path, synchronous: str) -> dict[str, Any]:
             connection.execute(f"PRAGMA synchronous={synchronous}")
 
         store._sqlite_pragmas = relaxed  # type: ignore[assignment]
-    enqueue, deliver = outbox.enqueue, outbox.deliver
+    send_plan, send = outbox.send_plan, transports.SmtpTransport.send
 
-    def timed_enqueue(*args: Any, **kwargs: Any) -> None:
-        marks["enqueue"] = time.time()
-        enqueue(*args, **kwargs)
-        marks["enqueued"] = time.time()
-
-    async def timed_deliver(*args: Any, **kwargs: Any) -> outbox.Report:
-        marks["deliver"] = time.time()
+    async def timed_send_plan(*args: Any, **kwargs: Any) -> outbox.Report:
+        marks["send"] = time.time()
         try:
-            return await deliver(*args, **kwargs)
+            return await send_plan(*args, **kwargs)
         finally:
-            marks["delivered"] = time.time()
+            marks["sent"] = time.time()
 
-    outbox.enqueue, outbox.deliver = timed_enqueue, timed_deliver  # type: ignore[assignment]
+    async def timed_send(self: Any, envelope: Any) -> Any:
+        marks.setdefault("first", time.time())
+        return await send(self, envelope)
+
+    outbox.send_plan = timed_send_plan  # type: ignore[assignment]
+    transports.SmtpTransport.send = timed_send  # type: ignore[method-assign]
     from bot.cli import main
 
     try:
@@ -217,50 +218,61 @@ def _measure(kind: str, rep: int, work: Path, ledger_file: Path, port: int, size
     if child["exit"] or f"sent {MESSAGES}," not in out:
         raise RuntimeError(f"dunbot send did not send {MESSAGES}:\n{out[-2000:]}")
     m = child["marks"]
-    return {"seconds": ended - started, "startup": m["child"] - started, "prepare": m["enqueue"] - m["child"],
-            "render_record": m["enqueued"] - m["enqueue"], "deliver": m["delivered"] - m["deliver"],
-            "before_deliver": m["deliver"] - started, "exit": ended - m["delivered"],
-            "store_mb": store.stat().st_size / 1e6}
+    return {"seconds": ended - started, "startup": m["child"] - started, "prepare": m["send"] - m["child"],
+            "first": m["first"] - m["send"], "send": m["sent"] - m["send"], "before_first": m["first"] - started,
+            "exit": ended - m["sent"], "store_mb": store.stat().st_size / 1e6}
 
 
 NOTES = """\
-What was done (`bot/messages.py`, `bot/outbox.py`, `bot/store.py`). Before, on 2026-11-23 at a quieter
-moment, `dunbot send` took 82.5 s here (121 msg/s, 0.19 of smtp-source's 626 msg/s; with NORMAL 60.9 s):
-32 s to render and record, 48 s to deliver.
+What was done in this round (`bot/outbox.py`, `bot/dunning.py`, `bot/store.py`, `bot/templates.py`,
+migration 0007):
 
-- `messages.compose` writes the bytes itself instead of building an `EmailMessage`: the fixed MIME
-  skeleton, every header whose value the email package would write back unchanged (printable ASCII that
-  fits on a line, plain names and addresses), and quoted-printable with the standard library's algorithm
-  (escaping with `str.replace` and one pattern rather than `str.translate` through a 256-entry table, a slow
-  path in CPython). Any other header (non-ASCII, long, quoting needed) still goes through the email
-  package. The output is byte for byte the email package's (`tests/test_messages.py` compares them over
-  hostile values, boundary included): 2-4 ms -> 0.3 ms per message.
-- The outbox commits the marks around each SMTP transaction as a group: one transaction (one fsync) for
-  all the marks made while the previous commit ran, in a thread, so the other connections keep talking.
-  The guarantees do not change: a reminder's "sending" is committed before its SMTP transaction starts,
-  its "sent" before its worker starts another, so at most one reminder per connection can be delivered
-  twice after a crash, as before (`tests/test_crash.py`). Why it mattered: the message is stored in the
-  row, so each mark rewrites the whole ~8 KB row; at synchronous=FULL a commit per mark cost ~1.8 ms
-  (a table like this one: 1.8 ms per message with a commit per mark, 0.06 ms with ten marks per commit).
-- `Store.enqueue` records a batch with two `executemany` statements (ids back in order via RETURNING)
-  instead of two statements per reminder: 0.39 -> 0.07 ms per reminder.
+- The message bytes live in a table of their own (`reminder_messages`), written once at enqueue; migration
+  0007 moves the existing ones. A status mark now rewrites the ~100-byte `reminders` row, not the ~8 KB
+  message. Alone (an ad-hoc timing of `Store.mark` and `Store.enqueue`, not part of this benchmark), a group
+  commit of three "sending" and three "sent" marks at synchronous=FULL took 1.12-1.17 ms before and
+  0.87-0.90 ms after; recording 100 reminders 6.0-6.1 ms before, 6.4-6.7 ms after (one statement more).
+- `dunbot send` delivers each recorded batch of 100 while the next is rendered (`outbox.send_plan`): the
+  first message is on the wire ~0.2 s after planning instead of after every message is rendered (~7 s).
+  Every guarantee stands: a reminder is committed with its exact bytes before it is offered to a connection,
+  "sending" is committed before its SMTP transaction, "sent" after, and before its connection starts another;
+  if delivery stops, the rest is still recorded (`tests/test_send_pass.py`, `tests/test_crash.py`).
+  Rendering runs at most three batches ahead, so the pass no longer holds every message in memory.
+- Templates are looked at once per pass (`Templates.refresh`), not by Jinja on every render (~10 stats per
+  message); an edit takes effect at the next pass.
+- The recorder lets the connections in every ten renders: a turn of the event loop per message cost
+  ~1.4 s of CPU per 10,000 (the process used 18.3-18.5 s of CPU with a turn per 20 messages, 19.7-19.8 s
+  with one per message).
 
-synchronous=FULL stays the default. With the marks grouped, NORMAL no longer buys a measurable speed-up
-(the runs above are within the machine's noise of each other), and in WAL mode NORMAL can lose the last
-commits on a power cut (not on a crash of the process): "sent" marks lost means reminders sent twice.
+What it bought: nothing measurable in throughput, here. Side by side (`dunbot send` start to exit, the
+same 10,000 reminders and Postfix, interleaved with smtp-source at 7.7-7.8 s, load average 4-8 from other
+jobs on the two cores), the version before this round took 25.0 and 27.0 s (18.7 and 19.1 s of CPU), this
+one 26.7 and 30.0 s (19.5 and 18.5 s of CPU): within the machine's noise of each other. What it did buy:
+the first message leaves in a fifth of a second, and a pass holds a few batches of messages, not all of them.
+The process uses 56-75 % of a core over its run: it is starved by the machine as much as it is slow.
 
-The ratio depends on the machine's load more than smtp-source's time does: Dunbot needs a whole core for
-~1.5 ms of Python per message, smtp-source almost none, and Postfix takes the other core; with other jobs
-on the two cores, (b) suffers most (see the load average below). What is left, largest first:
-1. Delivery runs at ~0.7 of the bare loop (c) because each connection waits for its "sending" commit, and
-   a group commit (~3 reminders' two marks) took 4.4 ms in the run (0.9 ms alone): every mark still
-   rewrites the whole row with its ~8 KB message. Keeping the message out of the `reminders` row (a table
-   of its own, written once at enqueue) makes a mark rewrite ~100 bytes: a migration, so left to the owner
-   of the schema.
-2. Rendering (Jinja ~0.3 ms per message; `templates.py` re-stats every template file on each render for
-   auto-reload) and compose (~0.3 ms) all run before the first message is sent, while the delivery loop then
-   waits on Postfix about a quarter of its time. Delivering each batch as soon as it is recorded would
-   overlap them: a change to `dunning.send_pass` and the outbox, not a local one."""
+Where the ten connections' time goes (instrumented run, FULL): ~40 % waiting for their "sending" commit
+(a group commit took ~5 ms in the run against 0.9 ms alone: its thread competes with the event loop for
+the GIL and with everything else on the machine for a core; a shorter switch interval did not help),
+~55 % in SMTP transactions (~19 ms per message per connection, against ~10 ms for smtp-source's sessions),
+~1 % waiting for rendering. synchronous=NORMAL cuts the commit to ~3 ms in the run but not the wall time
+measurably, and stays off (see below). What is left, largest first:
+1. The commit wait. Exactly once needs a commit between a message's acceptance and its connection's next
+   transaction; claiming the next reminder while the current one is in flight would hide the wait, but
+   widens the crash window from one reminder per connection to two: a decision for the project, not taken
+   here. Making each commit cost less CPU (fewer SQLAlchemy round trips in `Store.mark`) is the safe part.
+2. CPU per message: under cProfile about two thirds of `messages.compose` is the email package folding the
+   non-ASCII Subject and To headers (most of these European reminders), and Jinja's includes create
+   ~11 contexts per message. Both are Python on the one core Dunbot has.
+3. The daemon (`bot/daemon.py`) still records a whole pass before delivering; `outbox.send_plan` is there
+   for it to use.
+
+synchronous=FULL stays the default: in WAL mode NORMAL can lose the last commits on a power cut (not on a
+crash of the process), and "sent" marks lost means reminders sent twice.
+
+Before this round (2026-11-23): `messages.compose` writes the bytes itself where the email package would
+write them unchanged (2-4 ms -> 0.3 ms per message); the marks around each SMTP transaction are committed
+as a group in a thread; `Store.enqueue` records a batch with one `executemany` per table."""
 
 
 def markdown(result: Result) -> str:
@@ -271,9 +283,9 @@ def markdown(result: Result) -> str:
         return ", ".join(f"{result.rate(r):.0f}" for r in result.runs[kind])
 
     def split(r: dict[str, Any]) -> str:
-        return (f"start-up {r['startup']:.2f} + read/plan {r['prepare']:.2f} + render/record "
-                f"{r['render_record']:.2f} = {r['before_deliver']:.2f} s before the first send; deliver "
-                f"{r['deliver']:.2f} s ({MESSAGES / r['deliver']:.0f} msg/s); exit {r['exit']:.2f} s")
+        return (f"start-up {r['startup']:.2f} + read/plan {r['prepare']:.2f} s; then render, record and deliver "
+                f"together {r['send']:.2f} s ({MESSAGES / r['send']:.0f} msg/s), the first message on the wire "
+                f"{r['first']:.2f} s in ({r['before_first']:.2f} s after start); exit {r['exit']:.2f} s")
 
     return "\n".join([
         f"{MESSAGES:,} reminders (one invoice each, {len(EUROPE)} European countries, every stage of both "

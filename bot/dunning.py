@@ -141,9 +141,8 @@ async def send_pass(store: Store, invoices: list[Invoice], transport: Transport,
                     *, retry_for: float = 0.0, check: LedgerCheck | None = None) -> tuple[Plan, outbox.Report]:
     report = outbox.Report()
     result = prepare(store, invoices, clock(), settings, report, check=check)
-    outbox.enqueue(result, store, templates, settings, report)
-    await outbox.deliver(store, transport, clock, outbox.Retry.from_settings(settings), report, workers=workers,
-                         retry_for=retry_for)
+    await outbox.send_plan(result, store, templates, settings, transport, clock, report, workers=workers,
+                           retry_for=retry_for)
     return result, report
 
 

@@ -38,7 +38,6 @@ reminders = sa.Table(
     sa.Column("sender", sa.String(320), nullable=False),
     sa.Column("recipients", sa.Text, nullable=False),
     sa.Column("subject", sa.Text, nullable=False),
-    sa.Column("raw", sa.LargeBinary, nullable=False),
     sa.Column("status", sa.String(16), nullable=False, index=True),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", UTCDateTime, nullable=True),
@@ -46,6 +45,15 @@ reminders = sa.Table(
     sa.Column("server_reply", sa.Text, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("sent_at", UTCDateTime, nullable=True),
+)
+
+# The exact bytes of each reminder (migration 0007), written once at enqueue: a status mark rewrites only the
+# small `reminders` row above, not the ~8 KB message.
+reminder_messages = sa.Table(
+    "reminder_messages", metadata,
+    sa.Column("reminder_id", sa.Integer, sa.ForeignKey("reminders.id", ondelete="CASCADE"), primary_key=True,
+              autoincrement=False),
+    sa.Column("raw", sa.LargeBinary, nullable=False),
 )
 
 reminder_invoices = sa.Table(

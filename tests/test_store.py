@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from stores import BACKENDS, store_url
 
 from bot.errors import StoreError
-from bot.store import Queued, Store
+from bot.schema import reminder_messages, reminders
+from bot.store import MIGRATIONS, Outgoing, Queued, Store
 
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 
@@ -33,19 +36,24 @@ def queued(mid: str, customer: str = "C1", invoices: tuple[str, ...] = ("I1",), 
                   balances=tuple((i, "10.00") for i in invoices))
 
 
+def ids(recorded: list[Outgoing]) -> list[str]:
+    return [item.message_id for item in recorded]
+
+
 def test_enqueue_then_history(store: Store) -> None:
-    assert store.enqueue([queued("<a@x>", invoices=("I1", "I2"))], NOW) == ["<a@x>"]
+    (recorded,) = store.enqueue([queued("<a@x>", invoices=("I1", "I2"))], NOW)
     assert store.stages_sent() == {"I1": frozenset({"first"}), "I2": frozenset({"first"})}
     assert store.last_sent() == {"C1": NOW}
     assert store.threads() == {"C1": ("<a@x>",)}
     (due,) = store.due(NOW)
     assert due.raw == b"raw\r\n" and due.recipients == ("ap@c.test",) and set(due.invoice_ids) == {"I1", "I2"}
+    assert recorded == due  # what enqueue hands the outbox is what the store would give back
 
 
 def test_same_stage_for_an_invoice_is_refused_even_in_a_batch(store: Store) -> None:
     store.enqueue([queued("<a@x>")], NOW)
     result = store.enqueue([queued("<b@x>", invoices=("I1",)), queued("<c@x>", "C2", ("I9",))], NOW)
-    assert result == ["<c@x>"]
+    assert ids(result) == ["<c@x>"] and result == [store.due(NOW)[1]]
     assert store.enqueue([queued("<a@x>", invoices=("I5",))], NOW) == []
     assert len(store.reminders_for()) == 2
 
@@ -91,7 +99,49 @@ def test_withdraw_frees_the_stage_and_the_message_id(store: Store) -> None:
     assert store.queued_balances() == {1: {"I1": "10.00", "I2": "10.00"}}
     store.withdraw(1)
     assert store.stages_sent() == {} and store.last_sent() == {} and store.due(NOW) == []
-    assert store.enqueue([queued("<a@x>", invoices=("I2",))], NOW) == ["<a@x>"]
+    with store.engine.begin() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(reminder_messages)).scalar() == 0
+    assert ids(store.enqueue([queued("<a@x>", invoices=("I2",))], NOW)) == ["<a@x>"]
+
+
+def test_withdraw_leaves_a_sent_reminder_alone(store: Store) -> None:
+    (item,) = store.enqueue([queued("<a@x>")], NOW)
+    store.mark(sending=[item.id], sent=[(item.id, NOW, "250 ok")])
+    store.withdraw(item.id)
+    (row,) = store.reminders_for()
+    assert row["status"] == "sent" and row["raw"] == b"raw\r\n" and store.stages_sent() == {"I1": frozenset({"first"})}
+
+
+def test_marks_leave_the_message_alone(store: Store) -> None:
+    """The message is written once, apart from the row the marks rewrite (migration 0006)."""
+    (item,) = store.enqueue([queued("<a@x>")], NOW)
+    assert "raw" not in reminders.c
+    store.mark(sending=[item.id])
+    store.recover_interrupted()
+    store.mark(sending=[item.id], sent=[(item.id, NOW, "250 ok")])
+    assert [r["raw"] for r in store.reminders_for()] == [b"raw\r\n"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_migration_0007_moves_the_messages_out_of_the_reminders_row(backend: str, tmp_path: Path) -> None:
+    with store_url(backend, tmp_path) as url:
+        engine = sa.create_engine(url)
+        with engine.begin() as c:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = c
+            command.upgrade(config, "0005")
+            c.execute(sa.text("INSERT INTO reminders (message_id, customer_id, contact, track, stage, language, "
+                              "sender, recipients, subject, raw, status, attempts, created_at) VALUES ('<old@x>', "
+                              "'C1', 'ap@c.test', 'standard', 'first', 'en', 'ar@us.test', '[\"ap@c.test\"]', 's', "
+                              ":raw, 'queued', 0, :now)"), {"raw": b"old\r\n", "now": NOW.replace(tzinfo=None)})
+            c.execute(sa.text("INSERT INTO reminder_invoices VALUES (1, 'I1', 'first', 'C1', '10.00')"))
+        engine.dispose()
+        store = Store.open(url)
+        (due,) = store.due(NOW)
+        assert (due.message_id, due.raw, due.invoice_ids) == ("<old@x>", b"old\r\n", ("I1",))
+        assert "raw" not in {column["name"] for column in sa.inspect(store.engine).get_columns("reminders")}
+        store.close()
 
 
 def test_contacts_and_escalations(store: Store) -> None:
@@ -146,7 +196,7 @@ def test_a_migration_killed_halfway_leaves_no_half_schema(tmp_path: Path) -> Non
     died = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
     assert died.returncode == -9
     store = Store.open(f"sqlite:///{path}")
-    assert store.enqueue([queued("<a@x>")], NOW) == ["<a@x>"]
+    assert ids(store.enqueue([queued("<a@x>")], NOW)) == ["<a@x>"]
 
 
 def test_only_one_sender_can_claim_a_reminder(store: Store) -> None:

@@ -267,7 +267,27 @@ def test_edited_templates_are_picked_up(broken: Path) -> None:
     subject.write_text("Edited {{ invoice_ids[0] }}\n")
     later = subject.stat().st_mtime + 5
     os.utime(subject, (later, later))
+    # Within a pass every message comes from the templates the pass started with; the next pass sees the edit.
+    assert templates.render(sample, SETTINGS.company).subject == before
+    assert templates.refresh() is True
     assert templates.render(sample, SETTINGS.company).subject == "Edited INV-1"
+    assert templates.refresh() is False
+
+
+def test_a_translation_added_later_is_used_from_the_next_pass(broken: Path) -> None:
+    shutil.rmtree(broken / "es" / "first_reminder")
+    templates = Templates(broken, SETTINGS.languages, "en")
+    sample = reminder(stage("first_reminder"), (line("INV-1", 7),), language="es")
+    assert templates.language_for("es", "first_reminder") == "en"
+    fallback = templates.render(sample, SETTINGS.company).subject
+    shutil.copytree(SETTINGS.templates_dir / "es" / "first_reminder", broken / "es" / "first_reminder")
+    assert templates.language_for("es", "first_reminder") == "en"
+    assert templates.refresh() is True
+    assert templates.language_for("es", "first_reminder") == "es"
+    spanish = templates.render(sample, SETTINGS.company).subject
+    assert spanish != fallback
+    shipped = Templates(SETTINGS.templates_dir, SETTINGS.languages, "en")
+    assert spanish == shipped.render(sample, SETTINGS.company).subject
 
 
 def test_check_passes_the_shipped_templates() -> None:

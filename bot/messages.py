@@ -47,7 +47,7 @@ _HTML_PART = (b'Content-Type: text/html; charset="utf-8"\r\nContent-Transfer-Enc
               b"MIME-Version: 1.0\r\n\r\n")
 
 
-def _address(name: str, addr: str) -> Address:
+def address(name: str, addr: str) -> Address:
     local, _, domain = addr.rpartition("@")
     return Address(display_name=name, username=local, domain=domain)
 
@@ -65,7 +65,7 @@ def _fold_repeated(name: str, value: str) -> bytes:
 
 @lru_cache(maxsize=64)
 def _company_address(name: str, display: str, addr: str) -> bytes:
-    return _fold(name, _address(display, addr))
+    return _fold(name, address(display, addr))
 
 
 def _text(name: str, value: str) -> bytes:
@@ -80,7 +80,7 @@ def _addresses(name: str, pairs: list[tuple[str, str]], many: bool) -> bytes:
         line = f"{name}: {', '.join(f'{d} <{a}>' if d else a for d, a in pairs)}"
         if len(line) <= _MAX:
             return f"{line}\r\n".encode("ascii")
-    value = [_address(d, a) for d, a in pairs] if many else _address(*pairs[0])
+    value = [address(d, a) for d, a in pairs] if many else address(*pairs[0])
     return _fold(name, value)
 
 

@@ -34,12 +34,12 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.config import Settings
 from bot.errors import ConfigurationFailure, PermanentFailure, StoreError, TemplateError, TemporaryFailure
-from bot.messages import POLICY, _address
+from bot.messages import POLICY, address
 from bot.outbox import Retry
 from bot.policy import locale_for
 from bot.schema import cases, customers, escalations, notifications, replies
 from bot.store import Store
-from bot.templates import _HOSTILE, PARTS, Rendered, TemplateProblem, Templates, _output_problems, one_line
+from bot.templates import HOSTILE, Rendered, TemplateProblem, Templates
 from bot.transports import Envelope, Transport
 from bot.users import User, all_users
 
@@ -146,8 +146,7 @@ def render(templates: Templates, kind: str, language: str, ctx: Mapping[str, Any
     used = templates.language_for(language if language in settings.languages else settings.company.language,
                                   template)
     full = {**ctx, "language": used, "locale": locale_for(used, settings.company.country)}
-    subject, text, html = (templates._render(f"{used}/{template}/{part}", full) for part in PARTS)
-    return Rendered(subject=one_line(subject), text=text, html=html)
+    return templates.render_folder(f"{used}/{template}", full)
 
 
 def compose(message_id: str, user: User, rendered: Rendered, settings: Settings, now: datetime, kind: str) -> bytes:
@@ -155,8 +154,8 @@ def compose(message_id: str, user: User, rendered: Rendered, settings: Settings,
     msg = EmailMessage(policy=POLICY)
     msg["Message-ID"] = message_id
     msg["Date"] = format_datetime(now)
-    msg["From"] = _address(f"Dunbot ({company.name})", company.email)
-    msg["To"] = _address(user.display_name or user.username, user.email)
+    msg["From"] = address(f"Dunbot ({company.name})", company.email)
+    msg["To"] = address(user.display_name or user.username, user.email)
     msg["Subject"] = rendered.subject
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Auto-Response-Suppress"] = "All"
@@ -410,10 +409,10 @@ def check_templates(settings: Settings) -> list[TemplateProblem]:
     """Render both notifications in every language with hostile sample data, as `templates.check` does."""
     templates = Templates(settings.templates_dir, settings.languages, settings.company.language)
     now = datetime(2025, 12, 15, 9, 30, tzinfo=ZoneInfo(settings.company.timezone))
-    user = User("sam", "sales", "sam@example.invalid", settings.company.language, f"Sam {_HOSTILE}")
+    user = User("sam", "sales", "sam@example.invalid", settings.company.language, f"Sam {HOSTILE}")
     customer = {
-        "customer_id": "C-SAMPLE", "name": f"Distribuidora del Mediterráneo {_HOSTILE} S.A.",
-        "contact_name": f"María José {_HOSTILE}", "contact_email": "ap@customer.example", "country": "ES",
+        "customer_id": "C-SAMPLE", "name": f"Distribuidora del Mediterráneo {HOSTILE} S.A.",
+        "contact_name": f"María José {HOSTILE}", "contact_email": "ap@customer.example", "country": "ES",
         "account_manager": "Sam Lee", "tier": "", "owner": "sam", "open_amount": "13070.50", "oldest_days": 95,
         "balances": json.dumps({"EUR": "12090.50", "USD": "980.00"}),
         "invoices": json.dumps([
@@ -424,11 +423,11 @@ def check_templates(settings: Settings) -> list[TemplateProblem]:
                                                    (1077, "EUR", "12840.50", "7840.50", 40),
                                                    (1103, "USD", "980.00", "980.00", 3))]),
     }
-    reply = {"sender": "ap@customer.example", "subject": f"Re: {_HOSTILE}", "sent_at": now, "intent": "dispute",
-             "classification": json.dumps({"new_text": f"Half arrived broken. {_HOSTILE}"})}
-    from_reply = {"id": 7, "customer_id": "C-SAMPLE", "reason": "dispute", "detail": _HOSTILE,
-                  "recommendation": f"Check the documents. {_HOSTILE}", "created_at": now - timedelta(days=2)}
-    by_hand = {**from_reply, "id": 8, "reason": "by_hand", "recommendation": "", "detail": f"Call them {_HOSTILE}"}
+    reply = {"sender": "ap@customer.example", "subject": f"Re: {HOSTILE}", "sent_at": now, "intent": "dispute",
+             "classification": json.dumps({"new_text": f"Half arrived broken. {HOSTILE}"})}
+    from_reply = {"id": 7, "customer_id": "C-SAMPLE", "reason": "dispute", "detail": HOSTILE,
+                  "recommendation": f"Check the documents. {HOSTILE}", "created_at": now - timedelta(days=2)}
+    by_hand = {**from_reply, "id": 8, "reason": "by_hand", "recommendation": "", "detail": f"Call them {HOSTILE}"}
     samples: list[tuple[str, str, dict[str, Any]]] = []
     for language in settings.languages:
         person = User(user.username, user.role, user.email, language, user.display_name)
@@ -439,20 +438,8 @@ def check_templates(settings: Settings) -> list[TemplateProblem]:
                                               person, settings, now)),
             (language, DIGEST, digest_context([(by_hand, customer)], person, settings, now)),
         ]
-    problems: dict[tuple[str, int | None, str], TemplateProblem] = {}
-    for language, kind, ctx in samples:
-        full = {**ctx, "language": language, "locale": locale_for(language, settings.company.country)}
-        for part in PARTS:
-            name = f"{language}/{TEMPLATES[kind]}/{part}"
-            found: list[TemplateProblem] = []
-            if not (templates.root / name).is_file():
-                found.append(TemplateProblem(name, None, "template file is missing"))
-            else:
-                try:
-                    output = templates.env.get_template(name).render(full)
-                    found += [TemplateProblem(name, None, m) for m in _output_problems(part, output)]
-                except Exception as exc:
-                    found.append(templates._problem(name, exc))
-            for problem in found:
-                problems.setdefault((problem.file, problem.line, problem.message), problem)
-    return list(problems.values())
+    return templates.problems_in(
+        (f"{language}/{TEMPLATES[kind]}",
+         {**ctx, "language": language, "locale": locale_for(language, settings.company.country)})
+        for language, kind, ctx in samples
+    )

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from decimal import Decimal
@@ -49,7 +50,7 @@ PARTS = ("subject.txt", "body.txt", "body.html")
 _ONE_LINE = re.compile(r"[\s\x00-\x1f\x7f]+")
 _TAG = re.compile(r"<[^>]*>")
 # Sample data for check(): hostile on purpose, so a template that evaluates or fails to escape it shows.
-_HOSTILE = "<b>{{ 7*7 }}</b>"
+HOSTILE = "<b>{{ 7*7 }}</b>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,11 +234,34 @@ class Templates:
         if language != reminder.language:
             ctx["language"] = language
             ctx["locale"] = locale_for(language, reminder.customer.country)
-        subject, text, html = (self._render(f"{language}/{reminder.stage.template}/{part}", ctx)
-                               for part in PARTS)
+        return self.render_folder(f"{language}/{reminder.stage.template}", ctx)
+
+    def render_folder(self, folder: str, ctx: Mapping[str, object]) -> Rendered:
+        """The subject, text and HTML of one template folder; raises TemplateError naming the file and line."""
+        subject, text, html = (self._render(f"{folder}/{part}", ctx) for part in PARTS)
         return Rendered(subject=one_line(subject), text=text, html=html)
 
-    def _render(self, name: str, ctx: dict[str, object]) -> str:
+    def problems_in(self, samples: Iterable[tuple[str, Mapping[str, object]]]) -> list[TemplateProblem]:
+        """Render every part of each (template folder, context) sample and report every problem once, with its
+        file and line: what `dunbot templates check` shows for reminders and notifications alike."""
+        problems: dict[tuple[str, int | None, str], TemplateProblem] = {}
+        for folder, ctx in samples:
+            for part in PARTS:
+                name = f"{folder}/{part}"
+                if not (self.root / name).is_file():
+                    found = [TemplateProblem(name, None, "template file is missing")]
+                else:
+                    try:
+                        output = self.env.get_template(name).render(ctx)
+                    except Exception as exc:
+                        found = [self._problem(name, exc)]
+                    else:
+                        found = [TemplateProblem(name, None, message) for message in _output_problems(part, output)]
+                for problem in found:
+                    problems.setdefault((problem.file, problem.line, problem.message), problem)
+        return list(problems.values())
+
+    def _render(self, name: str, ctx: Mapping[str, object]) -> str:
         try:
             return self.env.get_template(name).render(ctx)
         except Exception as exc:
@@ -288,30 +312,13 @@ def check(settings: Settings) -> list[TemplateProblem]:
     templates = Templates(settings.templates_dir, settings.languages, settings.company.language)
     if not templates.root.is_dir():
         return [TemplateProblem(str(templates.root), None, "the templates directory does not exist")]
-    problems: dict[tuple[str, int | None, str], TemplateProblem] = {}
-
-    def report(problem: TemplateProblem) -> None:
-        problems.setdefault((problem.file, problem.line, problem.message), problem)
-
-    for track in settings.schedule.tracks.values():
-        for stage in track.stages:
-            for language in settings.languages:
-                folder = f"{language}/{stage.template}"
-                for sample in _samples(track.name, stage, language, settings):
-                    ctx = context(sample, settings.company)
-                    for part in PARTS:
-                        name = f"{folder}/{part}"
-                        if not (templates.root / name).is_file():
-                            report(TemplateProblem(name, None, "template file is missing"))
-                            continue
-                        try:
-                            output = templates.env.get_template(name).render(ctx)
-                        except Exception as exc:
-                            report(templates._problem(name, exc))
-                            continue
-                        for message in _output_problems(part, output):
-                            report(TemplateProblem(name, None, message))
-    return list(problems.values())
+    return templates.problems_in(
+        (f"{language}/{stage.template}", context(sample, settings.company))
+        for track in settings.schedule.tracks.values()
+        for stage in track.stages
+        for language in settings.languages
+        for sample in _samples(track.name, stage, language, settings)
+    )
 
 
 def _output_problems(part: str, output: str) -> list[str]:
@@ -324,7 +331,7 @@ def _output_problems(part: str, output: str) -> list[str]:
     elif part == "body.html":
         if not _TAG.sub("", output).strip():
             found.append("the HTML body has no visible text")
-        if _HOSTILE in output:
+        if HOSTILE in output:
             found.append("ledger data appears unescaped in HTML (is `|safe` used on a ledger value?)")
     elif not output.strip():
         found.append("the body is empty")
@@ -336,8 +343,8 @@ def _samples(track: str, stage: Stage, language: str, settings: Settings) -> tup
     a partly paid invoice, one not yet due; plus a single-invoice reminder without Cc."""
     customer = Customer(
         customer_id="C-SAMPLE",
-        name=f"Distribuidora Internacional de Alimentos y Bebidas del Mediterráneo {_HOSTILE} S.A. de C.V.",
-        contact_name=f"María José Fernández-Castillo {_HOSTILE}",
+        name=f"Distribuidora Internacional de Alimentos y Bebidas del Mediterráneo {HOSTILE} S.A. de C.V.",
+        contact_name=f"María José Fernández-Castillo {HOSTILE}",
         contact_email="ap@customer.example",
         cc_emails=("cfo@customer.example",),
         language=language,

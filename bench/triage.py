@@ -670,7 +670,7 @@ def markdown(result: Result) -> str:
         *_classify_row(result),
         "",
         f"Of (b), {handler:.1f} s (median, {handler / b:.0%}) is spent in the handler (`Processor`: parse, match, "
-        f"classify, record); the rest is start-up (the store, the Processor's directory) and the mailbox work the "
+        f"classify, record); the rest is start-up (imports, the store) and the mailbox work the "
         f"handling does not hide (per batch of 25: SEARCH, 2 FETCHes and one MOVE per target folder, made by the "
         f"mailbox thread while the next batch is handled, and one position write). Outcome of a pass: "
         f"{b0['handled']:,} handled, {b0['human']:,} for a person, "

@@ -25,6 +25,9 @@ from test_daemon import (
     wait_for,
 )
 
+from bot.config import load_settings
+from bot.errors import ConfigError
+from bot.instance_lock import InstanceLock
 from bot.users import add_user
 
 
@@ -120,3 +123,16 @@ def test_the_child_never_outlives_the_daemon(tmp_path: Path, how: str) -> None:
             process.wait(10)
     sent = maildir_sent(tmp_path)
     assert len(sent) == 2000 and len({m.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in sent}) == 2000
+
+
+def test_a_template_problem_found_by_the_check_in_a_child_stops_the_start(tmp_path: Path) -> None:
+    config = daemon_config(tmp_path, ledger_rows(1), daemon="catch_up = false", templates=True)
+    (tmp_path / "templates" / "en" / "courtesy" / "subject.txt").write_text("{{ nope.nope }}")
+
+    async def scenario() -> None:
+        async with running(config):
+            pass
+
+    with pytest.raises(ConfigError, match=r"template problems .*en/courtesy/subject.txt"):
+        run(scenario())
+    assert not InstanceLock.held(load_settings(config).store_url)  # refused before taking the lock

@@ -96,6 +96,7 @@ class Daemon(Jobs):
         self._counter = DecisionCounter(self.metrics)
         self._escalations_seen = 0
         self._hup_task: asyncio.Task[bool] | None = None
+        self._notices_left: tuple[Any, ...] | None = None
 
     # -- lifecycle --
 

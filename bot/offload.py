@@ -5,9 +5,10 @@ thousand objects that outlive the pass (caches of the policy, SQLAlchemy, holida
 arenas, and malloc_trim cannot return them (measured: 67 MB before the first pass, 100-110 MB after, with
 0.7 MB of live Python objects more; the digest over every open escalation left 6 MB). So the pass job
 reads the ledger, plans and queues in a child (`child_main`), the hold review reads the ledger and reviews
-there, and the digest job queues the digests there; the daemon delivers from the store as before. The template
-check at start and on reload (every stage rendered: Jinja2 and Babel's locale data, ~4.6 MB that would stay)
-runs there too. The child imports the modules of its work in `work`, so the daemon does not import them for it.
+there, the digest job queues the digests there, and the notices job its escalation notices when one is due
+(rendering them left ~3 MB: Jinja2's compiled templates, Babel's locale data); the daemon delivers from the store
+as before. The template check at start and on reload (every stage rendered: ~4.6 MB that would stay) runs there
+too. The child imports the modules of its work in `work`, so the daemon does not import them for it.
 
 Every guarantee stays with the daemon: the child changes the store only through the same transactions as the
 daemon would (a child killed mid-way is a crash: nothing half-recorded, the next pass carries on); it dies
@@ -40,7 +41,7 @@ from bot.errors import DunbotError
 from bot.store import Store
 
 log = logging.getLogger(__name__)
-PASS, HOLDS, DIGEST, CHECK = "pass", "holds", "digest", "check"
+PASS, HOLDS, DIGEST, NOTICES, CHECK = "pass", "holds", "digest", "notices", "check"
 _HEADER = struct.Struct("!I")
 _PLAIN = (str, int, float, bool, type(None))
 _SOURCE = str(Path(__file__).resolve().parent.parent)  # the child imports this very bot package
@@ -49,7 +50,7 @@ _PYTHONPATH = os.environ.get("PYTHONPATH", "")
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    kind: str  # PASS, HOLDS, DIGEST or CHECK
+    kind: str  # PASS, HOLDS, DIGEST, NOTICES or CHECK
     settings: Settings
     now: datetime
     check: LedgerCheck
@@ -125,6 +126,14 @@ def work(request: Request, store: Store | None) -> Outcome:
         found = (*templates.check(request.settings), *notify.check_templates(request.settings))
         return Outcome(outbox.Report(), problems=tuple(str(p) for p in found))
     assert store is not None
+    if request.kind == NOTICES:
+        try:
+            queued = notify.queue_escalation_notices(store, request.settings, request.now)
+        except DunbotError as exc:
+            return Outcome(outbox.Report(), failure=("error", str(exc), ()))
+        if queued:
+            log.info("queued %d escalation notices", queued)
+        return Outcome(outbox.Report())
     if request.kind == DIGEST:
         try:
             queued = notify.queue_digests(store, request.settings, request.now)

@@ -16,9 +16,9 @@ Idle footprint: `dunbot run` on the month's store and mailbox, IMAP IDLE on the 
 sampled with psutil over 60 s once its start-up catch-up pass over the 50,000-invoice ledger is done, again for
 a fresh daemon that has not run a pass (catch_up = false), for one on a new, empty store, and for one that has
 triaged replies: a small store (the example config.toml and examples/ledger.csv, `dunbot send` at SMALL_SENT into
-a Maildir), 20 replies from tests/corpus/ answering its reminders delivered through Postfix into Dovecot (user
-`inbox`) before it starts (`dunbot run` at SMALL_RUN), sampled once it has handled them; then bench/footprint.py
-breaks the month store's daemon memory down step by step.
+a Maildir, the case owners added as users), 20 replies from tests/corpus/ answering its reminders delivered through
+Postfix into Dovecot (user `inbox`) before it starts (`dunbot run` at SMALL_RUN), sampled once it has handled them
+and queued the escalation notices; then bench/footprint.py breaks the month store's daemon memory down step by step.
 
     python -m bench.month [--days 30] [--idle 60] [--keep DIR]   (as root: the mail stack runs Postfix and Dovecot)
 """
@@ -167,9 +167,10 @@ def started(_text: str) -> bool:
 
 
 def triaged(text: str) -> bool:
-    """The start-up pass done and every reply handled (recorded, or left in the inbox as matching no case)."""
+    """The start-up pass done, every reply handled (recorded, or left in the inbox as matching no case), and the
+    escalation notices queued."""
     handled = len(re.findall(r"INFO bot\.inbox: (?:reply \S+ from customer |message \S+ matches no case)", text))
-    return passed(text) and handled >= SMALL_REPLIES
+    return passed(text) and handled >= SMALL_REPLIES and "escalation notices" in text
 
 
 def idle_footprint(config: Path, env: dict[str, str], now: str, seconds: float,
@@ -213,11 +214,15 @@ def small_triaged(folder: Path, stack: Any, env: dict[str, str], seconds: float)
     from bench.triage import corpus, make_reply
 
     store = folder / "dunbot.db"
-    config = write_config(folder, ROOT / "examples" / "ledger.csv", stack, store, smtp=False, user=REPLIES_USER,
-                          password_env=REPLIES_PASSWORD_ENV)
+    config = write_config(folder, ROOT / "examples" / "ledger.csv", stack, store, daemon="notify_seconds = 5",
+                          smtp=False, user=REPLIES_USER, password_env=REPLIES_PASSWORD_ENV)
     env = {**env, REPLIES_PASSWORD_ENV: stack.users[REPLIES_USER]}
     (folder / "var").mkdir(exist_ok=True)  # the example's Maildir of sent reminders is var/sent
     timed(["send", "--config", str(config), "--now", SMALL_SENT], env)
+    for owner in ("laura", "daniel"):  # the example's account managers: their escalations bring notices
+        subprocess.run([sys.executable, "-m", "bot", "users", "add", owner, "--role", "finance", "--email",
+                        f"{owner}@northwind.example", "--password-stdin", "--config", str(config)], cwd=ROOT, env=env,
+                       input="correct horse battery\n", capture_output=True, text=True, check=True)
     with sqlite3.connect(store) as db:
         sent = db.execute("SELECT message_id, recipients FROM reminders WHERE status = 'sent' ORDER BY id").fetchall()
     if not sent:
@@ -285,9 +290,10 @@ def report(result: dict[str, Any]) -> str:
         f"The daemon that has triaged replies: the example config.toml and examples/ledger.csv, `dunbot send --now "
         f"{SMALL_SENT}` ({t['reminders']} reminders, into a Maildir), then {SMALL_REPLIES} replies from "
         "`tests/corpus/` rewritten to answer them delivered through Postfix into Dovecot before `dunbot run --now "
-        f"{SMALL_RUN}` starts (its catch-up pass and digest run in the child); sampled once it has handled them all "
-        f"({t['replies']} recorded). Its figure includes what reading replies loads and keeps (the triage "
-        "libraries' language data, compiled phrase patterns), which the other three never load.",
+        f"{SMALL_RUN}` starts (its catch-up pass and digest run in the child), its case owners users who get "
+        "escalation notices (queued in the child, sent by the daemon); sampled once it has handled them all "
+        f"({t['replies']} recorded) and queued the notices. Its figure includes what reading replies loads and "
+        "keeps (the triage libraries' language data, compiled phrase patterns), which the other three never load.",
         "",
         "Where a daemon's memory goes on the month's store (`bench/footprint.py`, one process, step by step, RSS):",
         "",

@@ -162,7 +162,7 @@ def passed(text: str) -> bool:
     return "pass done" in text
 
 
-def started(_text: str) -> bool:
+def at_once(_text: str) -> bool:
     return True
 
 
@@ -396,13 +396,13 @@ def main() -> None:
         after = idle_footprint(config, env, evening, args.idle, passed)
         print("idle after pass", json.dumps(after), flush=True)
         fresh_config = write_config(folder, ledger, stack, store, daemon="catch_up = false")
-        fresh = idle_footprint(fresh_config, env, evening, min(args.idle, 30.0), started)
+        fresh = idle_footprint(fresh_config, env, evening, min(args.idle, 30.0), at_once)
         print("idle fresh", json.dumps(fresh), flush=True)
         small_config = write_config(folder / "small", ledger, stack, folder / "small" / "dunbot.db",
                                     daemon="catch_up = false")
         subprocess.run([sys.executable, "-m", "bot", "status", "--config", str(small_config)], cwd=ROOT, env=env,
                        capture_output=True, check=False)  # migrated first, as a restarted daemon finds it
-        small = idle_footprint(small_config, env, evening, min(args.idle, 30.0), started)
+        small = idle_footprint(small_config, env, evening, min(args.idle, 30.0), at_once)
         print("idle small", json.dumps(small), flush=True)
         replies = small_triaged(folder / "triaged", stack, env, min(args.idle, 30.0))
         print("idle triaged", json.dumps(replies), flush=True)

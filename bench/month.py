@@ -309,8 +309,9 @@ def report(result: dict[str, Any]) -> str:
         "",
         "A pass over the whole ledger leaves its peak behind even when everything it built is freed: the few "
         "objects that outlive it (caches) pin the allocator's arenas, which malloc_trim cannot return. So the "
-        "daemon runs the ledger work of the pass and of the hold review, and the queueing of the digests (which "
-        "read every open case), in a child process (bot/offload.py), and only delivers from the store itself. "
+        "daemon runs the ledger work of the pass and of the hold review, the queueing of the digests (which "
+        "read every open case) and of the escalation notices, and the template check at start and on reload, in a "
+        "child process (bot/offload.py), and only delivers from the store itself. "
         f"Against the floor of its imports measured in the same run, the idle daemon after its catch-up pass is "
         f"at {i['rss_mb_max'] / st['imports']:.2f}x, the fresh one at {f['rss_mb_max'] / st['imports']:.2f}x.",
         "",

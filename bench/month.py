@@ -14,8 +14,11 @@ Reported: total wall time, reminders sent, replies triaged, the peak RSS of the 
 
 Idle footprint: `dunbot run` on the month's store and mailbox, IMAP IDLE on the real Dovecot; its RSS and CPU%
 sampled with psutil over 60 s once its start-up catch-up pass over the 50,000-invoice ledger is done, again for
-a fresh daemon that has not run a pass (catch_up = false), and for one on a new, empty store; then
-bench/footprint.py breaks the month store's daemon memory down step by step.
+a fresh daemon that has not run a pass (catch_up = false), for one on a new, empty store, and for one that has
+triaged replies: a small store (the example config.toml and examples/ledger.csv, `dunbot send` at SMALL_SENT into
+a Maildir, the case owners added as users), 20 replies from tests/corpus/ answering its reminders delivered through
+Postfix into Dovecot (user `inbox`) before it starts (`dunbot run` at SMALL_RUN), sampled once it has handled them
+and queued the escalation notices; then bench/footprint.py breaks the month store's daemon memory down step by step.
 
     python -m bench.month [--days 30] [--idle 60] [--keep DIR]   (as root: the mail stack runs Postfix and Dovecot)
 """
@@ -36,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,8 @@ ROWS, CUSTOMERS, SEED = 50_000, 5_000, 7
 FIRST_DAY = date(2026, 11, 2)  # a Monday
 PAY_SHARE, REPLY_SHARE = 0.015, 0.04
 USER, PASSWORD_ENV = "dunbot", "DUNBOT_BENCH_IMAP_PASSWORD"
+REPLIES_USER, REPLIES_PASSWORD_ENV = "inbox", "DUNBOT_BENCH_IMAP_PASSWORD_INBOX"  # mail to *@customers.test
+SMALL_SENT, SMALL_RUN, SMALL_REPLIES = "2026-11-24T16:30:00+01:00", "2026-11-24T17:30:00+01:00", 20
 _DATE = re.compile(rb"(?im)^Date:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*")
 
 
@@ -62,22 +68,27 @@ def _stack() -> Any:
     return MailStack()
 
 
-def write_config(folder: Path, ledger: Path, stack: Any, store: Path, daemon: str = "") -> Path:
-    """config.toml: this ledger and store, SMTP into the stack's Postfix, [inbox.imap] on its Dovecot."""
+def write_config(folder: Path, ledger: Path, stack: Any, store: Path, daemon: str = "", smtp: bool = True,
+                 user: str = USER, password_env: str = PASSWORD_ENV) -> Path:
+    """config.toml: this ledger and store, SMTP into the stack's Postfix (else the example's Maildir in `folder`),
+    [inbox.imap] on its Dovecot as `user`."""
     folder.mkdir(parents=True, exist_ok=True)
     text = (ROOT / "config.toml").read_text()
-    for old, new in (('path = "examples/ledger.csv"', f'path = "{ledger}"'),
-                     ('dir = "templates"', f'dir = "{ROOT / "templates"}"'),
-                     ('url = "sqlite:///var/dunbot.db"', f'url = "sqlite:///{store}"'),
-                     ('kind = "maildir"           # "maildir" writes', 'kind = "smtp"           # "maildir" writes'),
-                     ('kind = "maildir"           # "maildir" reads', 'kind = "imap"           # "maildir" reads')):
+    replace = [('path = "examples/ledger.csv"', f'path = "{ledger}"'),
+               ('dir = "templates"', f'dir = "{ROOT / "templates"}"'),
+               ('url = "sqlite:///var/dunbot.db"', f'url = "sqlite:///{store}"'),
+               ('kind = "maildir"           # "maildir" reads', 'kind = "imap"           # "maildir" reads')]
+    if smtp:
+        replace.append(('kind = "maildir"           # "maildir" writes', 'kind = "smtp"           # "maildir" writes'))
+    for old, new in replace:
         if old not in text:
             raise RuntimeError(f"config.toml no longer has {old!r}: update bench/month.py")
         text = text.replace(old, new, 1)
-    text += (f'\n[transport.smtp]\nhost = "{stack.host}"\nport = {stack.smtp_port}\nsecurity = "none"\n'
-             "connections = 8\nmax_attempts = 3\ntimeout = 30\n"
-             f'\n[inbox.imap]\nhost = "{stack.host}"\nport = {stack.imap_port}\nsecurity = "none"\n'
-             f'username = "{USER}"\npassword_env = "{PASSWORD_ENV}"\n'
+    if smtp:
+        text += (f'\n[transport.smtp]\nhost = "{stack.host}"\nport = {stack.smtp_port}\nsecurity = "none"\n'
+                 "connections = 8\nmax_attempts = 3\ntimeout = 30\n")
+    text += (f'\n[inbox.imap]\nhost = "{stack.host}"\nport = {stack.imap_port}\nsecurity = "none"\n'
+             f'username = "{user}"\npassword_env = "{password_env}"\n'
              f"\n[daemon]\nhealth_port = 0\n{daemon}\n")
     config = folder / "config.toml"
     config.write_text(text)
@@ -147,9 +158,24 @@ def count(store: Path, sql: str) -> int:
         return int(db.execute(sql).fetchone()[0])
 
 
+def passed(text: str) -> bool:
+    return "pass done" in text
+
+
+def at_once(_text: str) -> bool:
+    return True
+
+
+def triaged(text: str) -> bool:
+    """The start-up pass done, every reply handled (recorded, or left in the inbox as matching no case), and the
+    escalation notices queued."""
+    handled = len(re.findall(r"INFO bot\.inbox: (?:reply \S+ from customer |message \S+ matches no case)", text))
+    return passed(text) and handled >= SMALL_REPLIES and "escalation notices" in text
+
+
 def idle_footprint(config: Path, env: dict[str, str], now: str, seconds: float,
-                   wait_pass: bool) -> dict[str, float]:
-    """Start `dunbot run`, wait for its start-up work, then sample RSS and CPU for `seconds`."""
+                   ready: Callable[[str], bool]) -> dict[str, float]:
+    """Start `dunbot run`, wait until its log says it is `ready` and watching, then sample RSS and CPU."""
     log = config.parent / "daemon.log"
     with log.open("ab") as sink:
         process = subprocess.Popen([sys.executable, "-m", "bot", "run", "--config", str(config), "--now", now],
@@ -158,7 +184,7 @@ def idle_footprint(config: Path, env: dict[str, str], now: str, seconds: float,
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             text = log.read_text(errors="replace")
-            if ("pass done" in text or not wait_pass) and "watching" in text:
+            if ready(text) and "watching" in text:
                 break
             if process.poll() is not None:
                 raise RuntimeError(f"dunbot run exited {process.returncode}:\n{text[-3000:]}")
@@ -175,7 +201,7 @@ def idle_footprint(config: Path, env: dict[str, str], now: str, seconds: float,
         process.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
         code = process.wait(15)
-        return {"rss_mb_max": max(rss) / 1e6, "rss_mb_mean": sum(rss) / len(rss) / 1e6,
+        return {"seconds": seconds, "rss_mb_max": max(rss) / 1e6, "rss_mb_mean": sum(rss) / len(rss) / 1e6,
                 "cpu_percent": 100 * busy / (stopped - started),
                 "cpu_seconds": busy, "exit_code": code, "stop_seconds": time.monotonic() - stopped}
     finally:
@@ -183,11 +209,44 @@ def idle_footprint(config: Path, env: dict[str, str], now: str, seconds: float,
             process.kill()
 
 
+def small_triaged(folder: Path, stack: Any, env: dict[str, str], seconds: float) -> dict[str, Any]:
+    """The idle footprint of a daemon that has triaged replies, on the small example store (see the docstring)."""
+    from bench.triage import corpus, make_reply
+
+    store = folder / "dunbot.db"
+    config = write_config(folder, ROOT / "examples" / "ledger.csv", stack, store, daemon="notify_seconds = 5",
+                          smtp=False, user=REPLIES_USER, password_env=REPLIES_PASSWORD_ENV)
+    env = {**env, REPLIES_PASSWORD_ENV: stack.users[REPLIES_USER]}
+    (folder / "var").mkdir(exist_ok=True)  # the example's Maildir of sent reminders is var/sent
+    timed(["send", "--config", str(config), "--now", SMALL_SENT], env)
+    for owner in ("laura", "daniel"):  # the example's account managers: their escalations bring notices
+        subprocess.run([sys.executable, "-m", "bot", "users", "add", owner, "--role", "finance", "--email",
+                        f"{owner}@northwind.example", "--password-stdin", "--config", str(config)], cwd=ROOT, env=env,
+                       input="correct horse battery\n", capture_output=True, text=True, check=True)
+    with sqlite3.connect(store) as db:
+        sent = db.execute("SELECT message_id, recipients FROM reminders WHERE status = 'sent' ORDER BY id").fetchall()
+    if not sent:
+        raise RuntimeError(f"`dunbot send --now {SMALL_SENT}` sent nothing on the example ledger: update "
+                           "bench/month.py")
+    templates, rng = corpus(), random.Random(SEED)
+    with smtplib.SMTP(stack.host, stack.smtp_port, timeout=30) as smtp:
+        for n in range(SMALL_REPLIES):
+            message_id, recipients = sent[n % len(sent)]
+            raw = make_reply(rng.choice(templates), n, message_id, (json.loads(recipients) or [""])[0])
+            smtp.sendmail("customer@customers.test", ["accounts@customers.test"], raw)
+    stack.wait_queue_empty(60)
+    stack.wait_for(SMALL_REPLIES, user=REPLIES_USER, timeout=60)
+    idle = idle_footprint(config, env, SMALL_RUN, seconds, triaged)
+    idle["reminders"] = len(sent)
+    idle["replies"] = count(store, "SELECT count(*) FROM replies")
+    return idle
+
+
 def report(result: dict[str, Any]) -> str:
-    m, i, f, small, st = (result["month"], result["idle_after_pass"], result["idle_fresh"], result["idle_small"],
-                          result["steps"])
+    m, i, f, small, t, st = (result["month"], result["idle_after_pass"], result["idle_fresh"], result["idle_small"],
+                             result["idle_triaged"], result["steps"])
     target = 80.0
-    worst = max(i["rss_mb_max"], f["rss_mb_max"], small["rss_mb_max"])
+    worst = max(i["rss_mb_max"], f["rss_mb_max"], small["rss_mb_max"], t["rss_mb_max"])
     slack = st["after_pass_2"] - st["processor"]
     return "\n".join([
         "## A simulated month (`bench/month.py`)",
@@ -219,11 +278,22 @@ def report(result: dict[str, Any]) -> str:
         f"| fresh idle daemon: CPU | {f['cpu_percent']:.2f}% ({f['cpu_seconds']:.2f} s) |",
         f"| idle daemon on an empty, migrated store (same mailbox): RSS (max over {small['seconds']:.0f} s) | "
         f"{small['rss_mb_max']:.1f} MB |",
+        f"| idle daemon that has triaged {SMALL_REPLIES} replies (example store, see below): RSS (max over "
+        f"{t['seconds']:.0f} s) | {t['rss_mb_max']:.1f} MB |",
+        f"| idle daemon that has triaged replies: CPU | {t['cpu_percent']:.2f}% ({t['cpu_seconds']:.2f} s) |",
         f"| SIGTERM to exit (idle daemon) | {i['stop_seconds']:.1f} s |",
         "",
         "Idle means: IMAP IDLE on the real Dovecot, the scheduler waiting, a heartbeat every 15 s. Peak RSS of the "
         "commands is sampled every 20 ms with psutil. The fresh daemon's CPU includes the end of its start-up "
         "(first IDLE); after that it wakes only for the heartbeat.",
+        "",
+        f"The daemon that has triaged replies: the example config.toml and examples/ledger.csv, `dunbot send --now "
+        f"{SMALL_SENT}` ({t['reminders']} reminders, into a Maildir), then {SMALL_REPLIES} replies from "
+        "`tests/corpus/` rewritten to answer them delivered through Postfix into Dovecot before `dunbot run --now "
+        f"{SMALL_RUN}` starts (its catch-up pass and digest run in the child), its case owners users who get "
+        "escalation notices (queued in the child, sent by the daemon); sampled once it has handled them all "
+        f"({t['replies']} recorded) and queued the notices. Its figure includes what reading replies loads and "
+        "keeps (the triage libraries' language data, compiled phrase patterns), which the other three never load.",
         "",
         "Where a daemon's memory goes on the month's store (`bench/footprint.py`, one process, step by step, RSS):",
         "",
@@ -239,13 +309,14 @@ def report(result: dict[str, Any]) -> str:
         "",
         "A pass over the whole ledger leaves its peak behind even when everything it built is freed: the few "
         "objects that outlive it (caches) pin the allocator's arenas, which malloc_trim cannot return. So the "
-        "daemon runs the ledger work of the pass and of the hold review, and the queueing of the digests (which "
-        "read every open case), in a child process (bot/offload.py), and only delivers from the store itself. "
+        "daemon runs the ledger work of the pass and of the hold review, the queueing of the digests (which "
+        "read every open case) and of the escalation notices, and the template check at start and on reload, in a "
+        "child process (bot/offload.py), and only delivers from the store itself. "
         f"Against the floor of its imports measured in the same run, the idle daemon after its catch-up pass is "
         f"at {i['rss_mb_max'] / st['imports']:.2f}x, the fresh one at {f['rss_mb_max'] / st['imports']:.2f}x.",
         "",
         f"Target: idle daemon under {target:.0f} MB resident: **{'met' if worst < target else 'missed'}** "
-        f"(largest of the three idle figures: {worst:.1f} MB). Not counted in these figures: a daemon's first "
+        f"(largest of the four idle figures: {worst:.1f} MB). Not counted in these figures: a daemon's first "
         "start on a store that needs a migration keeps Alembic imported (~11 MB) until it restarts.",
     ])
 
@@ -323,25 +394,24 @@ def main() -> None:
         }
         print(json.dumps(month, indent=1), flush=True)
         evening = f"{last}T19:00:00+01:00"  # after the send windows: the catch-up pass reads, plans, sends nothing
-        after = idle_footprint(config, env, evening, args.idle, wait_pass=True)
-        after["seconds"] = args.idle
+        after = idle_footprint(config, env, evening, args.idle, passed)
         print("idle after pass", json.dumps(after), flush=True)
         fresh_config = write_config(folder, ledger, stack, store, daemon="catch_up = false")
-        fresh = idle_footprint(fresh_config, env, evening, min(args.idle, 30.0), wait_pass=False)
-        fresh["seconds"] = min(args.idle, 30.0)
+        fresh = idle_footprint(fresh_config, env, evening, min(args.idle, 30.0), at_once)
         print("idle fresh", json.dumps(fresh), flush=True)
         small_config = write_config(folder / "small", ledger, stack, folder / "small" / "dunbot.db",
                                     daemon="catch_up = false")
         subprocess.run([sys.executable, "-m", "bot", "status", "--config", str(small_config)], cwd=ROOT, env=env,
                        capture_output=True, check=False)  # migrated first, as a restarted daemon finds it
-        small = idle_footprint(small_config, env, evening, min(args.idle, 30.0), wait_pass=False)
-        small["seconds"] = min(args.idle, 30.0)
+        small = idle_footprint(small_config, env, evening, min(args.idle, 30.0), at_once)
         print("idle small", json.dumps(small), flush=True)
+        replies = small_triaged(folder / "triaged", stack, env, min(args.idle, 30.0))
+        print("idle triaged", json.dumps(replies), flush=True)
         steps = json.loads(subprocess.run([sys.executable, "-m", "bench.footprint", str(config), evening], cwd=ROOT,
                                           env=env, check=True, capture_output=True, text=True).stdout)
         print("steps", json.dumps(steps), flush=True)
     result = {"machine": machine, "month": month, "idle_after_pass": after, "idle_fresh": fresh,
-              "idle_small": small, "steps": steps}
+              "idle_small": small, "idle_triaged": replies, "steps": steps}
     (ROOT / "bench" / "out").mkdir(exist_ok=True)
     (ROOT / "bench" / "out" / "month.json").write_text(json.dumps(result, indent=1, default=str))
     text = report(result)

@@ -22,7 +22,6 @@ from sqlalchemy.engine import Connection
 
 from bot.config import Settings
 from bot.errors import DunbotError
-from bot.ledger import Invoice
 from bot.schema import (
     case_events,
     cases,
@@ -35,7 +34,8 @@ from bot.schema import (
     replies,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # bot.ledger loads Babel's currency list (2.5 MB); the store imports this module
+    from bot.ledger import Invoice
     from bot.store import Store
 
 STATES = ("active", "paused", "escalated", "payment_plan", "with_agency", "resolved")

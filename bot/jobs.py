@@ -30,7 +30,7 @@ from bot.daemon_settings import DaemonSettings, previous_fire
 from bot.dunning import LedgerSuspect
 from bot.errors import DeliveryError, DunbotError
 from bot.metrics import Metrics
-from bot.schema import ledger_checks, notifications
+from bot.schema import cases, customers, escalations, ledger_checks, notifications, users
 from bot.status import write_status
 from bot.store import QUEUED, SENDING, Store
 from bot.templates import Rendered
@@ -104,6 +104,7 @@ class Jobs:
     _stopping: asyncio.Event
     _running: set[asyncio.Task[Any]]
     _table: dict[str, tuple[str, Callable[[], Awaitable[None]], Any]]
+    _notices_left: tuple[Any, ...] | None
     _heartbeat: Callable[[], Awaitable[None]]
 
     def _job_table(self) -> dict[str, tuple[str, Callable[[], Awaitable[None]], Any]]:
@@ -307,16 +308,41 @@ class Jobs:
             await self._ledger_work(offload.HOLDS, self.settings)
 
     async def _notify(self) -> None:
+        """Escalation notices: queued in a child (rendering them would stay in the daemon) when one is due and
+        something it depends on changed since a child last left it unqueued (owner not a user, template error)."""
         async with self._work:
             if self._stopping.is_set():
                 return
-            settings, store = self.settings, self.store
-            skipped: list[str] = []
-            queued = await asyncio.to_thread(notify.queue_escalation_notices, store, settings, self.clock(),
-                                             skipped=skipped)
-            if queued:
-                log.info("queued %d escalation notices", queued)
+            settings = self.settings
+            due = await asyncio.to_thread(self._notices_due, settings)
+            if due is not None and due != self._notices_left:
+                await self._offload(offload.NOTICES, settings)
+                self._notices_left = await asyncio.to_thread(self._notices_due, settings)
             await self._send_notifications(settings)
+
+    def _notices_due(self, settings: Settings) -> tuple[Any, ...] | None:
+        """None when every open escalation has its notice (as notify.queue_escalation_notices decides); else what
+        queueing the missing ones depends on: them and their owners, the users, the newest template file."""
+        store = self.store
+        assert store is not None
+        domain = settings.company.message_id_domain
+        with store._tx() as c:
+            rows = {notify.notice_message_id(r.id, r.customer_id, domain): tuple(r) for r in c.execute(
+                sa.select(escalations.c.id, escalations.c.customer_id, cases.c.owner, customers.c.owner)
+                .select_from(escalations.outerjoin(cases, cases.c.customer_id == escalations.c.customer_id)
+                             .outerjoin(customers, customers.c.customer_id == escalations.c.customer_id))
+                .where(escalations.c.resolved_at.is_(None)))}
+            ids = list(rows)
+            for chunk in range(0, len(ids), 500):
+                for done in c.execute(sa.select(notifications.c.message_id)
+                                      .where(notifications.c.message_id.in_(ids[chunk:chunk + 500]))).scalars():
+                    rows.pop(done, None)
+            if not rows:
+                return None
+            people = tuple(c.execute(sa.select(users.c.username, users.c.email, users.c.language)
+                                     .order_by(users.c.username)))
+        newest = max((f.stat().st_mtime_ns for f in settings.templates_dir.rglob("*") if f.is_file()), default=0)
+        return tuple(sorted(rows.values())), people, newest
 
     async def _digest(self) -> None:
         async with self._work:

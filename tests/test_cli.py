@@ -142,3 +142,33 @@ def test_send_refuses_while_the_daemon_holds_the_store(tmp_path: Path) -> None:
         lock.release()
     assert code == 1 and "already works on the store" in err
     assert not (tmp_path / "var" / "sent").exists()
+
+
+def test_every_command_is_found_through_the_table_of_modules_and_help_lists_them_all() -> None:
+    from bot.cli.common import COMMANDS
+
+    code, out, _ = run("--help")
+    assert code == 0
+    listed = {line.split()[0] for line in out.split("Commands:", 1)[1].splitlines() if line.strip()}
+    assert listed == set(main.commands) == set(COMMANDS)  # a command missing from COMMANDS would not be found
+    assert run("ledger", "accept", "--help")[0] == 0
+
+
+def _imported(script: str) -> set[str]:
+    """The modules a fresh interpreter has loaded after running `script`."""
+    import subprocess
+    import sys
+
+    return set(subprocess.run([sys.executable, "-c", f"import sys\n{script}\nprint(' '.join(sys.modules))"],
+                              cwd=ROOT, capture_output=True, text=True, check=True).stdout.split())
+
+
+def test_the_store_does_not_import_the_ledger_reader() -> None:
+    assert not _imported("import bot.store") & {"bot.ledger", "babel"}
+
+
+def test_the_daemons_command_imports_the_daemon_and_not_the_other_commands() -> None:
+    loaded = _imported("import click\nfrom bot.cli import main\nmain.get_command(click.Context(main), 'run')")
+    assert {"bot.cli.daemon", "bot.daemon"} <= loaded
+    assert not loaded & {"bot.cli.cases", "bot.cli.dunning", "bot.cli.replies", "bot.cli.web", "bot.casefile",
+                         "bot.reports", "rich", "uvicorn", "starlette"}

@@ -25,6 +25,9 @@ from test_daemon import (
     wait_for,
 )
 
+from bot.config import load_settings
+from bot.errors import ConfigError
+from bot.instance_lock import InstanceLock
 from bot.users import add_user
 
 
@@ -81,6 +84,57 @@ def test_the_digest_is_queued_in_a_child_and_sent_by_the_daemon(tmp_path: Path,
     assert len(digests) == 1
 
 
+
+def test_escalation_notices_are_queued_in_a_child_when_one_is_due_and_sent_by_the_daemon(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = daemon_config(tmp_path, ledger_rows(5, days_overdue=90), daemon="notify_seconds = 3600")
+    config.write_text(config.read_text().replace('"Laura Gómez" = "laura"', '"Laura" = "laura"'))
+    add_user(store_of(config), "laura", "correct horse battery", "finance", datetime.fromisoformat(NOW),
+             email="laura@northwind.example")
+    caplog.set_level(logging.INFO, logger="bot")
+
+    async def scenario() -> tuple[bool, bool]:
+        async with running(config) as daemon:
+            await run_pass(daemon)  # every case escalates at 90 days
+            due = daemon._notices_due(daemon.settings)
+            await daemon._notify()
+            return due is not None, daemon._notices_due(daemon.settings) is not None
+
+    due_before, due_after = run(scenario())
+    assert due_before and not due_after
+    (queued,) = [r for r in caplog.records if r.getMessage() == "queued 5 escalation notices"]
+    assert queued.process != os.getpid()
+    notices = [m for m in maildir_sent(tmp_path) if b"Message-ID: <dunbot.notice." in m]
+    assert len(notices) == 5
+
+
+
+def test_a_notice_left_unqueued_is_tried_again_when_what_it_depends_on_changes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = daemon_config(tmp_path, ledger_rows(1, days_overdue=90), daemon="notify_seconds = 3600")
+    config.write_text(config.read_text().replace('"Laura Gómez" = "laura"', '"Laura" = "laura"'))
+    caplog.set_level(logging.INFO, logger="bot")
+
+    def skipped() -> int:
+        return sum("escalation 1 of customer C0: owner 'laura' is not a user" in r.getMessage() for r in caplog.records)
+
+    async def scenario() -> list[int]:
+        async with running(config) as daemon:
+            await run_pass(daemon)
+            counts = []
+            for _ in range(2):
+                await daemon._notify()
+                counts.append(skipped())
+            add_user(daemon.store, "laura", "correct horse battery", "finance", datetime.fromisoformat(NOW),
+                     email="laura@northwind.example")
+            await daemon._notify()
+            counts.append(skipped())
+            return counts
+
+    assert run(scenario()) == [1, 1, 1]  # the unchanged second run spawns no child and logs nothing again
+    assert any(r.getMessage() == "queued 1 escalation notices" for r in caplog.records)
+
+
 def children_running(pid: int) -> list[psutil.Process]:
     try:
         return [c for c in psutil.Process(pid).children() if c.is_running()]
@@ -120,3 +174,16 @@ def test_the_child_never_outlives_the_daemon(tmp_path: Path, how: str) -> None:
             process.wait(10)
     sent = maildir_sent(tmp_path)
     assert len(sent) == 2000 and len({m.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in sent}) == 2000
+
+
+def test_a_template_problem_found_by_the_check_in_a_child_stops_the_start(tmp_path: Path) -> None:
+    config = daemon_config(tmp_path, ledger_rows(1), daemon="catch_up = false", templates=True)
+    (tmp_path / "templates" / "en" / "courtesy" / "subject.txt").write_text("{{ nope.nope }}")
+
+    async def scenario() -> None:
+        async with running(config):
+            pass
+
+    with pytest.raises(ConfigError, match=r"template problems .*en/courtesy/subject.txt"):
+        run(scenario())
+    assert not InstanceLock.held(load_settings(config).store_url)  # refused before taking the lock

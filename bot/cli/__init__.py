@@ -1,6 +1,6 @@
-"""The `dunbot` command: each module below registers its commands on the one group."""
+"""The `dunbot` command: each module below registers its commands on the one group, imported when one of its
+commands runs (bot.cli.common.COMMANDS)."""
 
-from bot.cli import cases, daemon, dunning, replies, web  # noqa: F401  (importing registers the commands)
 from bot.cli.common import main
 
 __all__ = ["main"]

@@ -4,27 +4,28 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import sys
 import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError, DunbotError, LedgerError
 from bot.store import Store
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 OK, PROBLEMS, USAGE = 0, 1, 2
 PROGRESS_ROWS = 200_000
 F = TypeVar("F", bound=Callable[..., Any])
-err = Console(stderr=True)
 log = logging.getLogger("bot")
 
 
@@ -48,8 +49,18 @@ def _common(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@functools.cache
+def err() -> Console:
+    """The console on stderr, made on first use: the daemon prints through logging and does not import rich."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
 def _error(label: str, message: object, style: str = "red") -> None:
-    err.print(f"[{style}]{label}:[/{style}] {escape(str(message))}", highlight=False)
+    from rich.markup import escape
+
+    err().print(f"[{style}]{label}:[/{style}] {escape(str(message))}", highlight=False)
 
 
 def _now_option(func: F) -> F:
@@ -84,7 +95,32 @@ def clock_from(now: datetime) -> Callable[[], datetime]:
 
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Each command's module, imported when that command runs: `dunbot run` loads the daemon, not the web stack, the
+# case tables or the planner's progress bars (the idle daemon's memory is what it imported).
+COMMANDS = {
+    "run": "daemon", "status": "daemon",
+    "plan": "dunning", "send": "dunning", "preview": "dunning", "templates": "dunning", "ledger": "dunning",
+    "triage": "replies", "inbox": "replies",
+    "cases": "cases", "users": "cases", "report": "cases", "notify": "cases",
+    "serve": "web",
+}
+
+
+class LazyGroup(click.Group):
+    """The `dunbot` group: a command's module (which registers it on this group) is imported on first use."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(f"bot.cli.{COMMANDS[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in sorted(set(COMMANDS.values())):
+            importlib.import_module(f"bot.cli.{module}")
+        return super().list_commands(ctx)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log detail (-vv for debug).")
 @click.version_option(package_name="dunbot")
 def main(verbose: int) -> None:

@@ -1,5 +1,4 @@
-"""Commands of the daemon: `dunbot run` (the service), `dunbot status` (is it alive and well), and
-`dunbot ledger accept` (vouch for a ledger the sanity check stopped)."""
+"""Commands of the daemon: `dunbot run` (the service) and `dunbot status` (is it alive and well)."""
 
 from __future__ import annotations
 
@@ -13,14 +12,12 @@ from typing import Any
 
 import click
 
-from bot.cli.common import OK, PROBLEMS, USAGE, _common, _error, _now_option, _open_store, err, main, parse_now
-from bot.cli.dunning import ledger_group
+from bot.cli.common import OK, PROBLEMS, USAGE, _common, _error, _now_option, _open_store, main, parse_now
 from bot.config import Settings
 from bot.daemon import Daemon
 from bot.daemon_settings import load_daemon_settings
-from bot.dunning import accept_ledger, last_ledger_check
+from bot.dunning import last_ledger_check
 from bot.instance_lock import AlreadyRunning, InstanceLock
-from bot.ledger import read_ledger
 from bot.metrics import JsonFormatter
 from bot.status import read_status
 from bot.store import engine_safe
@@ -180,26 +177,6 @@ def status_command(settings: Settings, as_json: bool) -> None:
     else:
         _print_status(doc)
     sys.exit(code)
-
-
-@ledger_group.command("accept")
-@_common
-@_now_option
-@click.option("--by", "who", default="operator", show_default=True, help="Who vouches for the ledger (logged).")
-def ledger_accept(settings: Settings, now_text: str | None, who: str) -> None:
-    """Take the ledger as it is after the sanity check stopped sending: the drop in open invoices was real."""
-    ledger = read_ledger(settings.ledger)
-    store = _open_store(settings)
-    try:
-        before = last_ledger_check(store)
-        vanished = accept_ledger(store, ledger.open_invoices, parse_now(now_text, settings), who)
-    finally:
-        store.close()
-    was = f" (the last check said: {before['verdict']})" if before else ""
-    click.echo(f"accepted {len(ledger.open_invoices)} open invoices from {settings.ledger.path}; {vanished} gone since "
-               f"the last good pass{was}. The next pass sends again.")
-    err.print("A running daemon picks this up at its next pass; no restart needed.", highlight=False)
-    sys.exit(OK)
 
 
 __all__ = ["AlreadyRunning", "run_command", "status_command"]

@@ -1,4 +1,5 @@
-"""Commands of the dunning pass: plan, send, preview, and the checks of ledger and templates."""
+"""Commands of the dunning pass: plan, send, preview, the checks of ledger and templates, and `dunbot ledger
+accept` (vouch for a ledger the sanity check stopped)."""
 
 from __future__ import annotations
 
@@ -52,9 +53,9 @@ from bot.transports import make_transport
 
 def _read(settings: Settings, quiet: bool = False) -> Ledger:
     size = settings.ledger.path.stat().st_size if settings.ledger.path.exists() else 0
-    if quiet or size < 5_000_000 or not err.is_terminal:
+    if quiet or size < 5_000_000 or not err().is_terminal:
         return read_ledger(settings.ledger)
-    with Progress(TextColumn("reading the ledger"), BarColumn(), TimeElapsedColumn(), console=err,
+    with Progress(TextColumn("reading the ledger"), BarColumn(), TimeElapsedColumn(), console=err(),
                   transient=True) as progress:
         task = progress.add_task("read", total=None)
         ledger = read_ledger(settings.ledger)
@@ -69,13 +70,13 @@ def _report_problems(ledger: Ledger, limit: int | None = 20) -> None:
     for problem in shown:
         _error("skipped", problem, "yellow")
     if limit is not None and len(ledger.problems) > limit:
-        err.print(f"... and {len(ledger.problems) - limit} more bad rows (see `dunbot ledger check`)")
+        err().print(f"... and {len(ledger.problems) - limit} more bad rows (see `dunbot ledger check`)")
 
 
 def _plan(settings: Settings, now: datetime, ledger: Ledger, store: Store) -> Plan:
-    if len(ledger.open_invoices) < PROGRESS_ROWS or not err.is_terminal:
+    if len(ledger.open_invoices) < PROGRESS_ROWS or not err().is_terminal:
         return dunning.plan_from_store(store, ledger.open_invoices, now, settings)
-    with Progress(TextColumn("planning"), BarColumn(), TimeElapsedColumn(), console=err, transient=True) as p:
+    with Progress(TextColumn("planning"), BarColumn(), TimeElapsedColumn(), console=err(), transient=True) as p:
         task = p.add_task("plan", total=1)
         result = dunning.plan_from_store(store, ledger.open_invoices, now, settings)
         p.update(task, completed=1)
@@ -296,3 +297,23 @@ def ledger_check(settings: Settings) -> None:
     click.echo(f"{ledger.rows} rows: {len(ledger.open_invoices)} open, {ledger.paid} paid, "
                f"{len(ledger.problems)} bad")
     sys.exit(PROBLEMS if ledger.problems else OK)
+
+
+@ledger_group.command("accept")
+@_common
+@_now_option
+@click.option("--by", "who", default="operator", show_default=True, help="Who vouches for the ledger (logged).")
+def ledger_accept(settings: Settings, now_text: str | None, who: str) -> None:
+    """Take the ledger as it is after the sanity check stopped sending: the drop in open invoices was real."""
+    ledger = read_ledger(settings.ledger)
+    store = _open_store(settings)
+    try:
+        before = dunning.last_ledger_check(store)
+        vanished = dunning.accept_ledger(store, ledger.open_invoices, parse_now(now_text, settings), who)
+    finally:
+        store.close()
+    was = f" (the last check said: {before['verdict']})" if before else ""
+    click.echo(f"accepted {len(ledger.open_invoices)} open invoices from {settings.ledger.path}; {vanished} gone since "
+               f"the last good pass{was}. The next pass sends again.")
+    err().print("A running daemon picks this up at its next pass; no restart needed.", highlight=False)
+    sys.exit(OK)

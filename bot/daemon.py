@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from bot import dunning, offload
+from bot import ledger_check, offload
 from bot.config import Settings, load_settings
 from bot.daemon_settings import load_daemon_settings
 from bot.errors import ConfigError, DunbotError
@@ -251,7 +251,7 @@ class Daemon(Jobs):
                          repeated=tally.repeated, by_intent=tally.by_intent)
         return {"daemon": self._daemon_doc(), "jobs": self._jobs_doc(), "inbox": inbox, "outbox": box,
                 "problems": dict(self.problems), "errors": list(self.errors),
-                "ledger": dunning.last_ledger_check(store)}
+                "ledger": ledger_check.last_ledger_check(store)}
 
     def _daemon_doc(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": socket.gethostname(), "state": self.state, "config": str(self.config),

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 from apscheduler.triggers.cron import CronTrigger
 
 from bot.config import Settings, _Reader
-from bot.dunning import LedgerCheck
 from bot.errors import ConfigError
+from bot.ledger_check import LedgerCheck
 
 OFF = ("", "off", "never")
 

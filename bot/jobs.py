@@ -27,13 +27,13 @@ from apscheduler.triggers.interval import IntervalTrigger
 from bot import notify, offload, outbox
 from bot.config import Settings
 from bot.daemon_settings import DaemonSettings, previous_fire
-from bot.dunning import LedgerSuspect
 from bot.errors import DeliveryError, DunbotError
+from bot.ledger_check import LedgerSuspect
+from bot.messages import Rendered
 from bot.metrics import Metrics
 from bot.schema import cases, customers, escalations, ledger_checks, notifications, users
 from bot.status import write_status
 from bot.store import QUEUED, SENDING, Store
-from bot.templates import Rendered
 from bot.transports import make_transport
 from bot.users import all_users
 

@@ -20,17 +20,29 @@ from __future__ import annotations
 import random
 import re
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from email import quoprimime
 from email.headerregistry import Address
 from email.policy import SMTP
 from email.utils import format_datetime
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.config import Company
-from bot.policy import Reminder
-from bot.templates import Rendered
+
+if TYPE_CHECKING:  # the daemon delivers and composes notices; planning and rendering run in its child
+    from bot.policy import Reminder
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A ready message: `subject` is always a single line, safe for a mail header."""
+
+    subject: str
+    text: str
+    html: str
+
 
 _MAX = 998
 POLICY = SMTP.clone(max_line_length=_MAX)

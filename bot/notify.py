@@ -24,7 +24,7 @@ from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import format_datetime, parseaddr
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
@@ -34,14 +34,15 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.config import Settings
 from bot.errors import ConfigurationFailure, PermanentFailure, StoreError, TemplateError, TemporaryFailure
-from bot.messages import POLICY, address
+from bot.messages import POLICY, Rendered, address
 from bot.outbox import Retry
-from bot.policy import locale_for
 from bot.schema import cases, customers, escalations, notifications, replies
 from bot.store import Store
-from bot.templates import HOSTILE, Rendered, TemplateProblem, Templates
 from bot.transports import Envelope, Transport
 from bot.users import User, all_users
+
+if TYPE_CHECKING:  # rendering notices runs in the daemon's child process (bot/offload.py); the daemon delivers them
+    from bot.templates import TemplateProblem, Templates
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,8 @@ def digest_context(items: list[tuple[Mapping[str, Any], Mapping[str, Any]]], use
 
 def render(templates: Templates, kind: str, language: str, ctx: Mapping[str, Any], settings: Settings) -> Rendered:
     """Render in `language`, or the company language when its folder is incomplete; raises TemplateError."""
+    from bot.policy import locale_for
+
     template = TEMPLATES[kind]
     used = templates.language_for(language if language in settings.languages else settings.company.language,
                                   template)
@@ -231,6 +234,8 @@ def queue_escalation_notices(store: Store, settings: Settings, now: datetime, *,
     if not pending:
         return 0
     users = {u.username: u for u in all_users(store)}
+    from bot.templates import Templates
+
     templates = Templates(settings.templates_dir, settings.languages, settings.company.language)
     queued = 0
     for message_id, esc in pending:
@@ -285,6 +290,8 @@ def queue_digests(store: Store, settings: Settings, now: datetime, *, skipped: l
         ids = {digest_message_id(owner, today, domain): owner for owner in by_owner}
         done = _existing(c, list(ids))
     users = {u.username: u for u in all_users(store)}
+    from bot.templates import Templates
+
     templates = Templates(settings.templates_dir, settings.languages, settings.company.language)
     queued = 0
     for message_id, owner in sorted(ids.items(), key=lambda kv: kv[1]):
@@ -407,6 +414,9 @@ async def deliver_notifications(store: Store, transport: Transport, clock: Calla
 
 def check_templates(settings: Settings) -> list[TemplateProblem]:
     """Render both notifications in every language with hostile sample data, as `templates.check` does."""
+    from bot.policy import locale_for
+    from bot.templates import HOSTILE, Templates
+
     templates = Templates(settings.templates_dir, settings.languages, settings.company.language)
     now = datetime(2025, 12, 15, 9, 30, tzinfo=ZoneInfo(settings.company.timezone))
     user = User("sam", "sales", "sam@example.invalid", settings.company.language, f"Sam {HOSTILE}")

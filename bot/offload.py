@@ -36,8 +36,8 @@ from typing import IO, Any
 
 from bot import outbox
 from bot.config import Settings
-from bot.dunning import LedgerCheck, LedgerSuspect
 from bot.errors import DunbotError
+from bot.ledger_check import LedgerCheck, LedgerSuspect, check_ledger
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def work(request: Request, store: Store | None) -> Outcome:
                 log.info("queued reminder %s for customer %s: %s/%s in %s to %s (invoices %s)", r.message_id,
                          r.customer.customer_id, r.track, r.stage.name, r.language, r.to, ", ".join(r.invoice_ids))
         else:
-            dunning.check_ledger(store, invoices, now, request.check)
+            check_ledger(store, invoices, now, request.check)
             dunning.review_holds(store, {invoice.invoice_id: invoice for invoice in invoices}, now, settings)
     except LedgerSuspect as exc:
         return Outcome(report, failure=("suspect", str(exc), (exc.previous, exc.current, exc.vanished)))

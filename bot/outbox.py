@@ -17,14 +17,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from bot.config import Settings
 from bot.errors import ConfigurationFailure, PermanentFailure, StoreError, TemplateError, TemporaryFailure
 from bot.messages import compose, recipients
-from bot.policy import Plan, Reminder
 from bot.store import Outgoing, Queued, Store
-from bot.templates import Templates
 from bot.transports import Envelope, Transport
+
+if TYPE_CHECKING:  # the daemon only delivers: planning and rendering run in its child process (bot/offload.py)
+    from bot.policy import Plan, Reminder
+    from bot.templates import Templates
 
 log = logging.getLogger(__name__)
 BATCH = 500

@@ -42,6 +42,7 @@ from jinja2.runtime import Context
 from bot.config import Company, Settings, Stage
 from bot.errors import TemplateError
 from bot.ledger import Customer, Invoice
+from bot.messages import Rendered
 from bot.policy import Line, Reminder, locale_for
 
 log = logging.getLogger(__name__)
@@ -51,15 +52,6 @@ _ONE_LINE = re.compile(r"[\s\x00-\x1f\x7f]+")
 _TAG = re.compile(r"<[^>]*>")
 # Sample data for check(): hostile on purpose, so a template that evaluates or fails to escape it shows.
 HOSTILE = "<b>{{ 7*7 }}</b>"
-
-
-@dataclass(frozen=True, slots=True)
-class Rendered:
-    """A ready message: `subject` is always a single line, safe for a mail header."""
-
-    subject: str
-    text: str
-    html: str
 
 
 @dataclass(frozen=True, slots=True)

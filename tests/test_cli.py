@@ -172,3 +172,5 @@ def test_the_daemons_command_imports_the_daemon_and_not_the_other_commands() -> 
     assert {"bot.cli.daemon", "bot.daemon"} <= loaded
     assert not loaded & {"bot.cli.cases", "bot.cli.dunning", "bot.cli.replies", "bot.cli.web", "bot.casefile",
                          "bot.reports", "rich", "uvicorn", "starlette"}
+    # Planning and rendering run in the pass's child process: the daemon that delivers does not carry them.
+    assert not loaded & {"bot.policy", "bot.templates", "bot.ledger", "bot.dunning", "holidays", "jinja2", "babel"}

@@ -18,9 +18,8 @@ from hypothesis import strategies as st
 
 from bot.config import Company, Stage
 from bot.ledger import Customer, Invoice
-from bot.messages import POLICY, _body_encode, compose
+from bot.messages import POLICY, Rendered, _body_encode, compose
 from bot.policy import Line, Reminder
-from bot.templates import Rendered
 
 COMPANY = Company(name="Northwind Trading S.L.", email="accounts@northwind.example", reply_to="ar@northwind.example",
                   language="en", country="ES", timezone="Europe/Madrid", message_id_domain="northwind.example")

@@ -16,8 +16,9 @@ import pytest
 from bot.config import Company, Settings, Stage, load_settings
 from bot.errors import TemplateError
 from bot.ledger import Customer, Invoice
+from bot.messages import Rendered
 from bot.policy import Line, Reminder
-from bot.templates import Rendered, TemplateProblem, Templates, check, context
+from bot.templates import TemplateProblem, Templates, check, context
 
 CONFIG = Path(__file__).resolve().parents[1] / "config.toml"
 SETTINGS = load_settings(CONFIG)

@@ -16,8 +16,8 @@ from bot.cli.common import OK, PROBLEMS, USAGE, _common, _error, _now_option, _o
 from bot.config import Settings
 from bot.daemon import Daemon
 from bot.daemon_settings import load_daemon_settings
-from bot.dunning import last_ledger_check
 from bot.instance_lock import AlreadyRunning, InstanceLock
+from bot.ledger_check import last_ledger_check
 from bot.metrics import JsonFormatter
 from bot.status import read_status
 from bot.store import engine_safe

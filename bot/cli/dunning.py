@@ -34,6 +34,7 @@ from bot.daemon_settings import load_daemon_settings
 from bot.errors import DunbotError
 from bot.instance_lock import InstanceLock
 from bot.ledger import Invoice, Ledger, read_ledger
+from bot.ledger_check import accept_ledger, last_ledger_check
 from bot.messages import compose
 from bot.policy import (
     Line,
@@ -308,8 +309,8 @@ def ledger_accept(settings: Settings, now_text: str | None, who: str) -> None:
     ledger = read_ledger(settings.ledger)
     store = _open_store(settings)
     try:
-        before = dunning.last_ledger_check(store)
-        vanished = dunning.accept_ledger(store, ledger.open_invoices, parse_now(now_text, settings), who)
+        before = last_ledger_check(store)
+        vanished = accept_ledger(store, ledger.open_invoices, parse_now(now_text, settings), who)
     finally:
         store.close()
     was = f" (the last check said: {before['verdict']})" if before else ""

@@ -41,7 +41,7 @@ from bot.ledger_check import LedgerCheck, LedgerSuspect, check_ledger
 from bot.store import Store
 
 log = logging.getLogger(__name__)
-PASS, HOLDS, DIGEST, NOTICES, CHECK = "pass", "holds", "digest", "notices", "check"
+PASS, HOLDS, DIGEST, NOTICES, CHECK, MIGRATE = "pass", "holds", "digest", "notices", "check", "migrate"
 _HEADER = struct.Struct("!I")
 _PLAIN = (str, int, float, bool, type(None))
 _SOURCE = str(Path(__file__).resolve().parent.parent)  # the child imports this very bot package
@@ -50,7 +50,7 @@ _PYTHONPATH = os.environ.get("PYTHONPATH", "")
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    kind: str  # PASS, HOLDS, DIGEST, NOTICES or CHECK
+    kind: str  # PASS, HOLDS, DIGEST, NOTICES, CHECK or MIGRATE
     settings: Settings
     now: datetime
     check: LedgerCheck
@@ -126,6 +126,8 @@ def work(request: Request, store: Store | None) -> Outcome:
         found = (*templates.check(request.settings), *notify.check_templates(request.settings))
         return Outcome(outbox.Report(), problems=tuple(str(p) for p in found))
     assert store is not None
+    if request.kind == MIGRATE:  # opening the store migrated it: Alembic stays in this process, not the daemon's
+        return Outcome(outbox.Report())
     if request.kind == NOTICES:
         try:
             queued = notify.queue_escalation_notices(store, request.settings, request.now)

@@ -147,6 +147,23 @@ class Store:
             raise StoreError(f"cannot open the store {engine_safe(url)}: {exc}") from exc
         return cls(engine)
 
+    @staticmethod
+    def migration_due(url: str) -> bool:
+        """Whether opening the store would migrate it. The daemon then has a child open it first
+        (bot/offload.py), so that Alembic (~11 MB) is not kept for months by the process that waits."""
+        if url.endswith(":memory:"):
+            return False
+        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+            return True
+        engine = sa.create_engine(url, future=True)
+        try:
+            with engine.connect() as connection:
+                return _current_revision(connection) != _head_revision()
+        except SQLAlchemyError:
+            return False  # Store.open reports it, with the reason
+        finally:
+            engine.dispose()
+
     def close(self) -> None:
         self.engine.dispose()
 

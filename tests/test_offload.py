@@ -28,6 +28,7 @@ from test_daemon import (
 from bot.config import load_settings
 from bot.errors import ConfigError
 from bot.instance_lock import InstanceLock
+from bot.store import Store
 from bot.users import add_user
 
 
@@ -187,3 +188,30 @@ def test_a_template_problem_found_by_the_check_in_a_child_stops_the_start(tmp_pa
     with pytest.raises(ConfigError, match=r"template problems .*en/courtesy/subject.txt"):
         run(scenario())
     assert not InstanceLock.held(load_settings(config).store_url)  # refused before taking the lock
+
+
+def test_a_store_that_needs_a_migration_is_migrated_in_a_child_not_in_the_daemon(tmp_path: Path) -> None:
+    """Alembic (~11 MB) imported for one migration would stay in the idle daemon until its next restart."""
+    import subprocess
+    import sys
+
+    config = daemon_config(tmp_path, ledger_rows(2), daemon="catch_up = false")
+    url = load_settings(config).store_url
+    assert Store.migration_due(url)  # nothing there yet
+    script = f"""
+import asyncio, sys
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_daemon import running
+
+async def main():
+    async with running(Path({str(config)!r})) as daemon:
+        print("store", daemon.store is not None, "alembic", "alembic" in sys.modules)
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "store True alembic False" in out.stdout
+    assert not Store.migration_due(url)  # the child brought it to the latest migration
+    store_of(config).close()

@@ -205,3 +205,12 @@ def test_only_one_sender_can_claim_a_reminder(store: Store) -> None:
     assert store.mark_sending(first.id) is True
     assert store.mark_sending(first.id) is False
     assert store.mark(sending=[first.id, second.id]) == {second.id}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_migration_due_until_the_store_is_opened(backend: str, tmp_path: Path) -> None:
+    with store_url(backend, tmp_path) as url:
+        assert Store.migration_due(url)
+        Store.open(url).close()
+        assert not Store.migration_due(url)
+    assert not Store.migration_due("sqlite:///:memory:")  # nothing to keep: opened and migrated in place

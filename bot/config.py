@@ -227,7 +227,7 @@ class Settings:
     cases: CaseSettings
 
 
-class _Reader:
+class Reader:
     """Typed access to one TOML table that reports the dotted key and the file on every mistake."""
 
     def __init__(self, data: Mapping[str, Any], prefix: str, source: Path) -> None:
@@ -239,7 +239,7 @@ class _Reader:
     def fail(self, name: str, why: str) -> ConfigError:
         return ConfigError(f"{self.source}: [{self.key(name)}] {why}")
 
-    def table(self, name: str, required: bool = False) -> _Reader:
+    def table(self, name: str, required: bool = False) -> Reader:
         value = self.data.get(name, None)
         if value is None:
             if required:
@@ -247,7 +247,7 @@ class _Reader:
             value = {}
         if not isinstance(value, dict):
             raise self.fail(name, "must be a table")
-        return _Reader(value, self.key(name), self.source)
+        return Reader(value, self.key(name), self.source)
 
     def get(self, name: str, kind: type | tuple[type, ...], default: Any = ..., required: bool = False) -> Any:
         if name not in self.data:
@@ -283,7 +283,7 @@ class _Reader:
         return Secret(value)
 
 
-def _timezone(reader: _Reader, name: str, value: str) -> str:
+def _timezone(reader: Reader, name: str, value: str) -> str:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -291,14 +291,14 @@ def _timezone(reader: _Reader, name: str, value: str) -> str:
     return value
 
 
-def _clock(reader: _Reader, name: str, value: str) -> time:
+def _clock(reader: Reader, name: str, value: str) -> time:
     try:
         return time.fromisoformat(value)
     except ValueError as exc:
         raise reader.fail(name, f"must be HH:MM, not {value!r}") from exc
 
 
-def _company(r: _Reader) -> Company:
+def _company(r: Reader) -> Company:
     email = r.get("email", str, required=True)
     if not _EMAIL.match(email):
         raise r.fail("email", f"is not an email address: {email!r}")
@@ -327,11 +327,11 @@ def _company(r: _Reader) -> Company:
     )
 
 
-def _stage(r: _Reader, index: int, raw: Any) -> Stage:
+def _stage(r: Reader, index: int, raw: Any) -> Stage:
     key = f"stages[{index}]"
     if not isinstance(raw, dict):
         raise r.fail(key, "must be a table like { name = 'first', offset = 1, template = 'first' }")
-    s = _Reader(raw, r.key(key), r.source)
+    s = Reader(raw, r.key(key), r.source)
     name = s.get("name", str, required=True)
     if not _NAME.match(name):
         raise s.fail("name", f"must be lower-case letters, digits and _, not {name!r}")
@@ -343,7 +343,7 @@ def _stage(r: _Reader, index: int, raw: Any) -> Stage:
     )
 
 
-def _track(r: _Reader, name: str) -> Track:
+def _track(r: Reader, name: str) -> Track:
     raw = r.get("stages", list, required=True)
     stages = tuple(_stage(r, i, item) for i, item in enumerate(raw))
     if not stages:
@@ -362,7 +362,7 @@ def _track(r: _Reader, name: str) -> Track:
     return Track(name=name, stages=stages, escalate_after=escalate_after, tiers=tuple(t.lower() for t in tiers))
 
 
-def _schedule(r: _Reader) -> Schedule:
+def _schedule(r: Reader) -> Schedule:
     window = r.table("window")
     days = window.get("working_days", list, ["mon", "tue", "wed", "thu", "fri"])
     bad = [d for d in days if not isinstance(d, str) or d.lower() not in WEEKDAYS]
@@ -414,7 +414,7 @@ def _schedule(r: _Reader) -> Schedule:
     )
 
 
-def _ledger(r: _Reader) -> LedgerSettings:
+def _ledger(r: Reader) -> LedgerSettings:
     columns = r.table("columns")
     mapping = {name: name for name in LEDGER_FIELDS}
     for ours in columns.data:
@@ -438,7 +438,7 @@ def _ledger(r: _Reader) -> LedgerSettings:
     )
 
 
-def _server(r: _Reader, ports: Mapping[str, int], *, username_required: bool) -> dict[str, Any]:
+def _server(r: Reader, ports: Mapping[str, int], *, username_required: bool) -> dict[str, Any]:
     """The settings SMTP and IMAP share: where the server is, how to reach it safely, who we are."""
     security = r.choice("security", tuple(ports), next(iter(ports)))
     port = r.get("port", int, ports[security])
@@ -457,7 +457,7 @@ def _server(r: _Reader, ports: Mapping[str, int], *, username_required: bool) ->
     }
 
 
-def _smtp(r: _Reader) -> SmtpSettings:
+def _smtp(r: Reader) -> SmtpSettings:
     settings = SmtpSettings(
         **_server(r, {"starttls": 587, "tls": 465, "none": 25}, username_required=False),
         connections=r.get("connections", int, 4),
@@ -475,14 +475,14 @@ def _smtp(r: _Reader) -> SmtpSettings:
     return settings
 
 
-def _transport(r: _Reader) -> TransportSettings:
+def _transport(r: Reader) -> TransportSettings:
     kind = r.choice("kind", ("maildir", "smtp"), "maildir")
     if kind == "maildir":
         return TransportSettings(kind="maildir", maildir=r.path("maildir", "var/sent"), smtp=None)
     return TransportSettings(kind="smtp", maildir=None, smtp=_smtp(r.table("smtp", required=True)))
 
 
-def _imap(r: _Reader) -> ImapSettings:
+def _imap(r: Reader) -> ImapSettings:
     settings = ImapSettings(
         **_server(r, {"tls": 993, "starttls": 143, "none": 143}, username_required=True),
         idle_seconds=r.get("idle_seconds", float, 540.0),
@@ -495,7 +495,7 @@ def _imap(r: _Reader) -> ImapSettings:
     return settings
 
 
-def _inbox(r: _Reader) -> InboxSettings:
+def _inbox(r: Reader) -> InboxSettings:
     kind = r.choice("kind", ("maildir", "imap"), "maildir")
     max_bytes = r.get("max_bytes", int, 10_000_000)
     if max_bytes < 10_000:
@@ -511,7 +511,7 @@ def _inbox(r: _Reader) -> InboxSettings:
     )
 
 
-def _triage(r: _Reader) -> TriageSettings:
+def _triage(r: Reader) -> TriageSettings:
     settings = TriageSettings(
         payment_pause_days=r.get("payment_pause_days", int, 10),
         promise_grace_days=r.get("promise_grace_days", int, 3),
@@ -526,13 +526,13 @@ def _triage(r: _Reader) -> TriageSettings:
     return settings
 
 
-def _cases(r: _Reader) -> CaseSettings:
+def _cases(r: Reader) -> CaseSettings:
     managers = r.table("managers")
     routes = []
     for i, raw in enumerate(r.get("routes", list, [])):
         if not isinstance(raw, dict):
             raise r.fail(f"routes[{i}]", "must be a table like { tier = 'key', owner = 'laura' }")
-        route = _Reader(raw, r.key(f"routes[{i}]"), r.source)
+        route = Reader(raw, r.key(f"routes[{i}]"), r.source)
         amount = route.get("min_amount", (int, float, str), None)  # type: ignore[arg-type]
         try:
             min_amount = Decimal(str(amount)) if amount is not None else None
@@ -550,7 +550,7 @@ def _cases(r: _Reader) -> CaseSettings:
 
 def parse_settings(data: Mapping[str, Any], source: Path) -> Settings:
     """Validate a parsed config; `source` anchors relative paths and names the file in errors."""
-    root = _Reader(data, "", source)
+    root = Reader(data, "", source)
     company = _company(root.table("company", required=True))
     templates = root.table("templates")
     languages = tuple(templates.get("languages", list, ["en", "es"]))
@@ -574,7 +574,7 @@ def parse_settings(data: Mapping[str, Any], source: Path) -> Settings:
     )
 
 
-def _store_url(r: _Reader, source: Path) -> str:
+def _store_url(r: Reader, source: Path) -> str:
     url = os.environ.get(r.get("url_env", str, "")) if "url_env" in r.data else None
     url = url or r.get("url", str, "sqlite:///var/dunbot.db")
     prefix = "sqlite:///"

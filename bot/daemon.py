@@ -133,7 +133,7 @@ class Daemon(Jobs):
                 await self._offload(offload.MIGRATE, self.settings)
             self.store = await asyncio.to_thread(self.open_store, self.settings.store_url)
             self.processor = await asyncio.to_thread(Processor, self.store, self.settings, self.clock)
-            with self.store._tx() as c:
+            with self.store.transaction() as c:
                 self._escalations_seen = int(c.execute(sa.select(sa.func.max(escalations.c.id))).scalar() or 0)
             previous = read_status(self.store).get("jobs", {})
             for name, values in previous.items():
@@ -236,7 +236,7 @@ class Daemon(Jobs):
         for status in ("queued", "sending", "sent", "failed"):
             self.metrics.outbox.labels(status).set(box["counts"].get(status, 0))
         self.metrics.outbox_age.set(box["oldest_queued_seconds"])
-        with store._tx() as c:
+        with store.transaction() as c:
             newest = int(c.execute(sa.select(sa.func.max(escalations.c.id))).scalar() or 0)
             open_count = int(c.execute(sa.select(sa.func.count()).select_from(escalations)
                                        .where(escalations.c.resolved_at.is_(None))).scalar() or 0)

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 
-from bot.config import Settings, _Reader
+from bot.config import Reader, Settings
 from bot.errors import ConfigError
 from bot.ledger_check import LedgerCheck
 
@@ -43,7 +43,7 @@ class DaemonSettings:
         return LedgerCheck(self.ledger_max_vanished, self.ledger_min_vanished)
 
 
-def _cron(r: _Reader, name: str, default: str, timezone: str) -> str:
+def _cron(r: Reader, name: str, default: str, timezone: str) -> str:
     value = r.get(name, str, default).strip()
     if value.lower() in OFF:
         return "off"
@@ -62,7 +62,7 @@ def load_daemon_settings(settings: Settings) -> DaemonSettings:
         data = tomllib.loads(source.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read the [daemon] table: {exc}") from exc
-    r = _Reader(data, "", source).table("daemon")
+    r = Reader(data, "", source).table("daemon")
     d = DaemonSettings()
     tz = settings.company.timezone
     values = DaemonSettings(

@@ -61,7 +61,7 @@ class StoreDirectory:
         self.store = store
 
     def _scalar(self, query: sa.Select[Any]) -> Any:
-        with self.store._tx() as c:
+        with self.store.transaction() as c:
             return c.execute(query).scalar()
 
     def customer_of_message(self, message_id: str) -> str | None:
@@ -85,12 +85,12 @@ class StoreDirectory:
         newest = sa.select(sa.func.max(b.c.reminder_id)).where(b.c.address == a.c.address).scalar_subquery()
         query = (sa.select(a.c.customer_id).where(a.c.domain == domain).where(a.c.reminder_id == newest)
                  .distinct().limit(2))
-        with self.store._tx() as c:
+        with self.store.transaction() as c:
             return set(c.execute(query).scalars())
 
     def _newest_reminder(self, customer_id: str) -> tuple[str, str] | None:
         about_invoices = sa.exists().where(reminder_invoices.c.reminder_id == reminders.c.id)
-        with self.store._tx() as c:
+        with self.store.transaction() as c:
             row = c.execute(sa.select(reminders.c.language, reminders.c.recipients)
                             .where(reminders.c.customer_id == customer_id).where(about_invoices)
                             .order_by(reminders.c.id.desc()).limit(1)).first()
@@ -106,7 +106,7 @@ class StoreDirectory:
         return addresses[0] if addresses else ""
 
     def invoices_of(self, customer_id: str) -> frozenset[str]:
-        with self.store._tx() as c:
+        with self.store.transaction() as c:
             return frozenset(c.execute(sa.select(reminder_invoices.c.invoice_id).distinct()
                                        .where(reminder_invoices.c.customer_id == customer_id)).scalars())
 
@@ -115,7 +115,7 @@ class StoreDirectory:
         by a word (a plain key folds to key.lower()), by digits alone, and every key that folds otherwise."""
         k = reminder_invoice_keys.c
         found: set[str] = set()
-        with self.store._tx() as c:
+        with self.store.transaction() as c:
             found.update(c.execute(sa.select(k.key).distinct().where(k.plain.is_(False))).scalars())
             for chunk in _chunks({w.upper() for w in words}):
                 found.update(c.execute(sa.select(k.key).distinct().where(k.key.in_(chunk))).scalars())

@@ -245,7 +245,7 @@ class Jobs:
             log.warning("ledger alert not emailed: the default owner %r is not a user with an email "
                         "(`dunbot users add %s --email ...`)", owner, owner)
             return
-        with store._tx() as c:
+        with store.transaction() as c:
             baseline = c.execute(sa.select(sa.func.max(ledger_checks.c.id))
                                  .where(ledger_checks.c.invoice_ids.is_not(None))).scalar() or 0
         domain = settings.company.message_id_domain
@@ -258,8 +258,9 @@ class Jobs:
         subject = f"Dunbot stopped: the ledger lost {exc.vanished} of {exc.previous} open invoices"
         rendered = Rendered(subject=subject, text=text, html=f"<pre>{html.escape(text)}</pre>")
         raw = notify.compose(message_id, user, rendered, settings, self.clock(), "alert")
-        if notify._insert(store, {"message_id": message_id, "kind": "alert", "owner": owner, "recipient": user.email,
-                                  "customer_id": None, "raw": raw, "created_at": self.clock()}):
+        row = {"message_id": message_id, "kind": "alert", "owner": owner, "recipient": user.email,
+               "customer_id": None, "raw": raw, "created_at": self.clock()}
+        if notify.queue_notification(store, row):
             log.warning("ledger alert queued for %s <%s>", owner, user.email)
 
     async def _deliver(self, settings: Settings, report: outbox.Report) -> None:
@@ -326,7 +327,7 @@ class Jobs:
         store = self.store
         assert store is not None
         domain = settings.company.message_id_domain
-        with store._tx() as c:
+        with store.transaction() as c:
             rows = {notify.notice_message_id(r.id, r.customer_id, domain): tuple(r) for r in c.execute(
                 sa.select(escalations.c.id, escalations.c.customer_id, cases.c.owner, customers.c.owner)
                 .select_from(escalations.outerjoin(cases, cases.c.customer_id == escalations.c.customer_id)
@@ -357,7 +358,7 @@ class Jobs:
         now = self.clock()
 
         def pending() -> bool:
-            with store._tx() as c:
+            with store.transaction() as c:
                 return c.execute(sa.select(notifications.c.id).where(notifications.c.status.in_((QUEUED, SENDING)))
                                  .where(sa.or_(notifications.c.next_attempt_at.is_(None),
                                                notifications.c.next_attempt_at <= now)).limit(1)).first() is not None

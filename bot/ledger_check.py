@@ -61,7 +61,7 @@ def _unpack(blob: bytes) -> set[str]:
 
 
 def _baseline(store: Store) -> set[str] | None:
-    with store._tx() as c:
+    with store.transaction() as c:
         blob = c.execute(sa.select(ledger_checks.c.invoice_ids).where(ledger_checks.c.invoice_ids.is_not(None))
                          .order_by(ledger_checks.c.id.desc()).limit(1)).scalar()
     return None if blob is None else _unpack(blob)
@@ -69,7 +69,7 @@ def _baseline(store: Store) -> set[str] | None:
 
 def _record_check(store: Store, now: datetime, verdict: str, ids: set[str], vanished: int, detail: str) -> None:
     """One row per check; a good ledger (or an accepted one) becomes the baseline, older ids are dropped."""
-    with store._tx() as c:
+    with store.transaction() as c:
         keep_ids = verdict in ("ok", "accepted")
         if keep_ids:
             c.execute(ledger_checks.update().where(ledger_checks.c.invoice_ids.is_not(None)).values(invoice_ids=None))
@@ -117,7 +117,7 @@ def accept_ledger(store: Store, invoices: list[Invoice], now: datetime, who: str
 
 def last_ledger_check(store: Store) -> dict[str, Any] | None:
     """The newest verdict (for `dunbot status` and the health endpoint)."""
-    with store._tx() as c:
+    with store.transaction() as c:
         row = c.execute(sa.select(ledger_checks.c.at, ledger_checks.c.verdict, ledger_checks.c.open_count,
                                   ledger_checks.c.vanished, ledger_checks.c.detail)
                         .order_by(ledger_checks.c.id.desc()).limit(1)).first()

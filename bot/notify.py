@@ -184,10 +184,10 @@ def _recipient(owner: str, users: Mapping[str, User], what: str, skipped: list[s
     return None
 
 
-def _insert(store: Store, row: dict[str, Any]) -> bool:
+def queue_notification(store: Store, row: dict[str, Any]) -> bool:
     """Record one notification; False when another pass recorded it first (the Message-ID is unique)."""
     try:
-        with store._tx() as c:
+        with store.transaction() as c:
             c.execute(notifications.insert().values(**row, status=QUEUED, attempts=0))
     except IntegrityError:
         log.info("notification %s was already queued; skipped", row["message_id"])
@@ -216,7 +216,7 @@ def queue_escalation_notices(store: Store, settings: Settings, now: datetime, *,
     again on the next pass, so adding the user later still brings the notice.
     """
     domain = settings.company.message_id_domain
-    with store._tx() as c:
+    with store.transaction() as c:
         rows = [dict(r._mapping) for r in c.execute(
             sa.select(escalations, cases.c.owner.label("case_owner"))
             .select_from(escalations.outerjoin(cases, cases.c.customer_id == escalations.c.customer_id))
@@ -254,8 +254,9 @@ def queue_escalation_notices(store: Store, settings: Settings, now: datetime, *,
                 skipped.append(f"escalation {esc['id']} of customer {cid}: {exc}")
             continue
         raw = compose(message_id, user, rendered, settings, now, ESCALATION)
-        if _insert(store, {"message_id": message_id, "kind": ESCALATION, "owner": owner, "recipient": user.email,
-                           "customer_id": cid, "raw": raw, "created_at": now}):
+        row = {"message_id": message_id, "kind": ESCALATION, "owner": owner, "recipient": user.email,
+               "customer_id": cid, "raw": raw, "created_at": now}
+        if queue_notification(store, row):
             queued += 1
     return queued
 
@@ -272,7 +273,7 @@ def queue_digests(store: Store, settings: Settings, now: datetime, *, skipped: l
         return 0
     today = now.astimezone(ZoneInfo(settings.company.timezone)).date()
     domain = settings.company.message_id_domain
-    with store._tx() as c:
+    with store.transaction() as c:
         rows = c.execute(
             sa.select(escalations, cases.c.owner.label("case_owner"), customers)
             .select_from(escalations.join(cases, cases.c.customer_id == escalations.c.customer_id)
@@ -309,8 +310,9 @@ def queue_digests(store: Store, settings: Settings, now: datetime, *, skipped: l
                 skipped.append(f"digest for {owner}: {exc}")
             continue
         raw = compose(message_id, user, rendered, settings, now, DIGEST)
-        if _insert(store, {"message_id": message_id, "kind": DIGEST, "owner": owner, "recipient": user.email,
-                           "customer_id": None, "raw": raw, "created_at": now}):
+        row = {"message_id": message_id, "kind": DIGEST, "owner": owner, "recipient": user.email,
+               "customer_id": None, "raw": raw, "created_at": now}
+        if queue_notification(store, row):
             queued += 1
     return queued
 
@@ -330,7 +332,7 @@ class Delivery:
 
 
 def _mark(store: Store, nid: int, **values: Any) -> None:
-    with store._tx() as c:
+    with store.transaction() as c:
         c.execute(notifications.update().where(notifications.c.id == nid).values(**values))
 
 
@@ -344,7 +346,7 @@ async def deliver_notifications(store: Store, transport: Transport, clock: Calla
                                 retry: Retry) -> Delivery:
     """Send every due notification through an opened transport; the caller opens and closes it."""
     report = Delivery()
-    with store._tx() as c:
+    with store.transaction() as c:
         stuck = c.execute(sa.select(notifications.c.id, notifications.c.message_id)
                           .where(notifications.c.status == SENDING)).all()
         if stuck:
@@ -353,7 +355,7 @@ async def deliver_notifications(store: Store, transport: Transport, clock: Calla
         report.interrupted.append(message_id)
         log.warning("notification %s was being sent when Dunbot stopped; sending it again (the owner may get it "
                     "twice)", message_id)
-    with store._tx() as c:
+    with store.transaction() as c:
         due = c.execute(sa.select(notifications.c.id, notifications.c.message_id, notifications.c.recipient,
                                   notifications.c.raw, notifications.c.attempts)
                         .where(notifications.c.status == QUEUED)
@@ -403,7 +405,7 @@ async def deliver_notifications(store: Store, transport: Transport, clock: Calla
             break
     if report.aborted:
         log.error("%s", report.aborted)
-    with store._tx() as c:
+    with store.transaction() as c:
         report.retrying = int(c.execute(sa.select(sa.func.count()).select_from(notifications)
                                         .where(notifications.c.status == QUEUED)).scalar() or 0)
     return report

@@ -16,7 +16,7 @@ from bot.store import QUEUED, SENDING, Store
 
 def write_status(store: Store, values: dict[str, Any], now: datetime) -> None:
     """Upsert `daemon_status` rows (key -> JSON) in one transaction."""
-    with store._tx() as c:
+    with store.transaction() as c:
         for key, value in values.items():
             text = json.dumps(value, default=str, ensure_ascii=False)
             if not c.execute(daemon_status.update().where(daemon_status.c.key == key)
@@ -25,14 +25,14 @@ def write_status(store: Store, values: dict[str, Any], now: datetime) -> None:
 
 
 def read_status(store: Store) -> dict[str, Any]:
-    with store._tx() as c:
+    with store.transaction() as c:
         return {k: json.loads(v) for k, v in c.execute(sa.select(daemon_status.c.key, daemon_status.c.value))}
 
 
 def outbox_state(store: Store, now: datetime) -> dict[str, Any]:
     """Depth by status and the age of the oldest reminder still queued."""
     counts = store.counts()
-    with store._tx() as c:
+    with store.transaction() as c:
         oldest = c.execute(sa.select(sa.func.min(reminders.c.created_at))
                            .where(reminders.c.status.in_((QUEUED, SENDING)))).scalar()
     age = (now - (oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC))).total_seconds() if oldest else 0.0

@@ -168,7 +168,7 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """One transaction; a failing database (disk full, locked) becomes a StoreError, so sending stops."""
         try:
             with self.engine.begin() as connection:
@@ -180,14 +180,14 @@ class Store:
 
     def stages_sent(self) -> dict[str, frozenset[str]]:
         result: dict[str, set[str]] = {}
-        with self._tx() as c:
+        with self.transaction() as c:
             for invoice_id, stage in c.execute(sa.select(reminder_invoices.c.invoice_id, reminder_invoices.c.stage)):
                 result.setdefault(invoice_id, set()).add(stage)
         return {k: frozenset(v) for k, v in result.items()}
 
     def last_sent(self) -> dict[str, datetime]:
         q = sa.select(reminders.c.customer_id, sa.func.max(reminders.c.created_at)).group_by(reminders.c.customer_id)
-        with self._tx() as c:
+        with self.transaction() as c:
             return {cid: _utc(at) for cid, at in c.execute(q)}
 
     def threads(self) -> dict[str, tuple[str, ...]]:
@@ -195,19 +195,19 @@ class Store:
              .where(reminders.c.status.in_((SENT, SENDING, QUEUED)))
              .order_by(reminders.c.customer_id, reminders.c.id))
         result: dict[str, list[str]] = {}
-        with self._tx() as c:
+        with self.transaction() as c:
             for cid, mid in c.execute(q):
                 result.setdefault(cid, []).append(mid)
         return {k: tuple(v) for k, v in result.items()}
 
     def invalid_contacts(self) -> frozenset[str]:
-        with self._tx() as c:
+        with self.transaction() as c:
             return frozenset(r[0] for r in c.execute(sa.select(contacts.c.address)
                                                     .where(contacts.c.status == "invalid")))
 
     def escalated_customers(self) -> frozenset[str]:
         """Customers the bot must not write to: an open escalation, or a case escalated, with an agency or closed."""
-        with self._tx() as c:
+        with self.transaction() as c:
             open_ = c.execute(sa.select(escalations.c.customer_id).where(escalations.c.resolved_at.is_(None)))
             stopped = c.execute(sa.select(cases.c.customer_id).where(cases.c.state.in_(STOPPED)))
             return frozenset(r[0] for r in (*open_, *stopped))
@@ -221,7 +221,7 @@ class Store:
         is retried row by row so the others still go in and the duplicate is dropped.
         """
         try:
-            with self._tx() as c:
+            with self.transaction() as c:
                 if c.dialect.insert_executemany_returning_sort_by_parameter_order:
                     ids = self._insert_many(c, batch, now)
                 else:
@@ -232,7 +232,7 @@ class Store:
         queued = []
         for item in batch:
             try:
-                with self._tx() as c:
+                with self.transaction() as c:
                     queued.append(_outgoing(self.insert_queued(c, item, now), item))
             except IntegrityError:
                 log.info("reminder %s for customer %s was already queued; skipped", item.message_id,
@@ -281,7 +281,7 @@ class Store:
 
         The server may or may not have accepted them: this is the one window where a duplicate can occur.
         """
-        with self._tx() as c:
+        with self.transaction() as c:
             rows = c.execute(sa.select(reminders.c.id, reminders.c.message_id, reminders.c.customer_id)
                              .where(reminders.c.status == SENDING)).all()
             if rows:
@@ -299,7 +299,7 @@ class Store:
             q = q.where(reminders.c.message_id.in_(sorted(only)))
         if limit:
             q = q.limit(limit)
-        with self._tx() as c:
+        with self.transaction() as c:
             rows = c.execute(q).all()
             ids = [r[0] for r in rows]
             invoices: dict[int, list[str]] = {}
@@ -316,13 +316,13 @@ class Store:
              .join(reminders, reminders.c.id == reminder_invoices.c.reminder_id)
              .where(reminders.c.status.in_((QUEUED, SENDING))))
         result: dict[int, dict[str, str]] = {}
-        with self._tx() as c:
+        with self.transaction() as c:
             for rid, inv, balance in c.execute(q):
                 result.setdefault(rid, {})[inv] = balance
         return result
 
     def next_retry(self) -> datetime | None:
-        with self._tx() as c:
+        with self.transaction() as c:
             value = c.execute(sa.select(sa.func.min(reminders.c.next_attempt_at))
                               .where(reminders.c.status == QUEUED)).scalar()
         return _utc(value) if value else None
@@ -332,7 +332,7 @@ class Store:
         return rid in self.mark(sending=[rid])
 
     def mark_sent(self, rid: int, now: datetime, reply: str) -> None:
-        with self._tx() as c:
+        with self.transaction() as c:
             c.execute(reminders.update().where(reminders.c.id == rid).values(
                 status=SENT, sent_at=now, server_reply=reply[:500], last_error=None, next_attempt_at=None))
 
@@ -343,7 +343,7 @@ class Store:
         process claimed first (it is "sending" or "sent" already) is not, and must not be sent here.
         """
         claimed: set[int] = set()
-        with self._tx() as c:
+        with self.transaction() as c:
             if sending:
                 claimed = set(c.execute(reminders.update().where(reminders.c.id.in_(sending))
                                         .where(reminders.c.status == QUEUED)
@@ -357,12 +357,12 @@ class Store:
         return claimed
 
     def mark_retry(self, rid: int, at: datetime, error: str) -> None:
-        with self._tx() as c:
+        with self.transaction() as c:
             c.execute(reminders.update().where(reminders.c.id == rid).values(
                 status=QUEUED, next_attempt_at=at, last_error=error[:1000]))
 
     def mark_failed(self, rid: int, error: str) -> None:
-        with self._tx() as c:
+        with self.transaction() as c:
             c.execute(reminders.update().where(reminders.c.id == rid).values(
                 status=FAILED, last_error=error[:1000], next_attempt_at=None))
 
@@ -372,14 +372,14 @@ class Store:
         # when another connection committed in between.
         unsent = (sa.select(reminders.c.id).where(reminders.c.id == rid)
                   .where(reminders.c.status.in_((QUEUED, SENDING))).scalar_subquery())
-        with self._tx() as c:
+        with self.transaction() as c:
             c.execute(reminder_invoices.delete().where(reminder_invoices.c.reminder_id == unsent))
             c.execute(reminder_messages.delete().where(reminder_messages.c.reminder_id == unsent))
             c.execute(reminders.delete().where(reminders.c.id == rid).where(reminders.c.status.in_((QUEUED, SENDING))))
 
     def mark_contact_invalid(self, address: str, reason: str, now: datetime) -> None:
         address = address.lower()
-        with self._tx() as c:
+        with self.transaction() as c:
             updated = c.execute(contacts.update().where(contacts.c.address == address).values(
                 status="invalid", reason=reason[:1000], updated_at=now)).rowcount
             if not updated:
@@ -389,7 +389,7 @@ class Store:
     def escalate(self, customer_id: str, reason: str, detail: str, invoice_ids: Iterable[str],
                  recommendation: str, now: datetime) -> bool:
         """Open an escalation unless one is already open for the customer; True when a new one was opened."""
-        with self._tx() as c:
+        with self.transaction() as c:
             open_ = c.execute(sa.select(escalations.c.id).where(escalations.c.customer_id == customer_id)
                               .where(escalations.c.resolved_at.is_(None))).first()
             if open_ or state_of(c, customer_id) in STOPPED:
@@ -402,13 +402,13 @@ class Store:
 
     def inbox_position(self, folder: str) -> tuple[int, int] | None:
         """(UIDVALIDITY, last UID handled) for a folder, so a restart neither misses nor repeats a message."""
-        with self._tx() as c:
+        with self.transaction() as c:
             found = c.execute(sa.select(inbox_state.c.uidvalidity, inbox_state.c.last_uid)
                               .where(inbox_state.c.folder == folder)).first()
         return (int(found[0]), int(found[1])) if found else None
 
     def set_inbox_position(self, folder: str, uidvalidity: int, last_uid: int, now: datetime) -> None:
-        with self._tx() as c:
+        with self.transaction() as c:
             updated = c.execute(inbox_state.update().where(inbox_state.c.folder == folder).values(
                 uidvalidity=uidvalidity, last_uid=last_uid, updated_at=now)).rowcount
             if not updated:
@@ -423,7 +423,7 @@ class Store:
         if batch is not None:  # sees the batch's own replies, not yet committed
             row = batch.execute(query).first()
         else:
-            with self._tx() as c:
+            with self.transaction() as c:
                 row = c.execute(query).first()
         return None if row is None else bool(row[0])
 
@@ -460,7 +460,7 @@ class Store:
         """A transaction of its own, or a savepoint in the open reply batch."""
         batch = self._batch()
         if batch is None:
-            with self._tx() as c:
+            with self.transaction() as c:
                 yield c
             return
         try:
@@ -502,18 +502,18 @@ class Store:
         return int(rid)
 
     def active_holds(self, now: datetime) -> list[dict[str, Any]]:
-        with self._tx() as c:
+        with self.transaction() as c:
             return [dict(r._mapping) for r in c.execute(
                 sa.select(holds).where(holds.c.ended_at.is_(None)).where(holds.c.until > now).order_by(holds.c.id))]
 
     def expired_holds(self, now: datetime) -> list[dict[str, Any]]:
-        with self._tx() as c:
+        with self.transaction() as c:
             return [dict(r._mapping) for r in c.execute(
                 sa.select(holds).where(holds.c.ended_at.is_(None)).where(holds.c.until <= now).order_by(holds.c.id))]
 
     def end_hold(self, hold_id: int, outcome: str, now: datetime) -> None:
         """End a hold; a case paused only by it becomes active again."""
-        with self._tx() as c:
+        with self.transaction() as c:
             customer_id = c.execute(sa.select(holds.c.customer_id).where(holds.c.id == hold_id)).scalar()
             c.execute(holds.update().where(holds.c.id == hold_id).values(ended_at=now, outcome=outcome))
             others = c.execute(sa.select(holds.c.id).where(holds.c.customer_id == customer_id)
@@ -523,7 +523,7 @@ class Store:
 
     def close_paid(self, owing: set[str], now: datetime) -> None:
         """Resolve the cases of customers the ledger shows nothing owed by any more."""
-        with self._tx() as c:
+        with self.transaction() as c:
             open_cases = c.execute(sa.select(cases.c.customer_id).where(cases.c.state != "resolved")).scalars().all()
             for customer_id in open_cases:
                 if customer_id not in owing:
@@ -537,7 +537,7 @@ class Store:
              .where(installments.c.active.is_(True)).where(cases.c.state == "payment_plan")
              .order_by(installments.c.customer_id, installments.c.seq))
         result: dict[str, list[dict[str, Any]]] = {}
-        with self._tx() as c:
+        with self.transaction() as c:
             for row in c.execute(q):
                 result.setdefault(row.customer_id, []).append(dict(row._mapping))
         return result
@@ -547,7 +547,7 @@ class Store:
         q = (sa.select(holds.c.customer_id, holds.c.ended_at).where(holds.c.kind == "promise")
              .where(holds.c.outcome == "broken").order_by(holds.c.ended_at))
         result: dict[str, list[datetime]] = {}
-        with self._tx() as c:
+        with self.transaction() as c:
             for cid, at in c.execute(q):
                 result.setdefault(cid, []).append(_utc(at))
         return result
@@ -556,11 +556,11 @@ class Store:
         q = sa.select(replies).order_by(replies.c.id)
         if customer_id is not None:
             q = q.where(replies.c.customer_id == customer_id)
-        with self._tx() as c:
+        with self.transaction() as c:
             return [dict(r._mapping) for r in c.execute(q)]
 
     def open_flags(self) -> list[dict[str, Any]]:
-        with self._tx() as c:
+        with self.transaction() as c:
             return [dict(r._mapping) for r in c.execute(sa.select(flags).where(flags.c.done_at.is_(None))
                                                         .order_by(flags.c.id))]
 
@@ -570,17 +570,17 @@ class Store:
              .join(reminder_messages, reminder_messages.c.reminder_id == reminders.c.id).order_by(reminders.c.id))
         if customer_id is not None:
             q = q.where(reminders.c.customer_id == customer_id)
-        with self._tx() as c:
+        with self.transaction() as c:
             return [dict(r._mapping) for r in c.execute(q)]
 
     def open_escalations(self) -> list[dict[str, Any]]:
-        with self._tx() as c:
+        with self.transaction() as c:
             return [dict(r._mapping) for r in c.execute(sa.select(escalations)
                                                         .where(escalations.c.resolved_at.is_(None))
                                                         .order_by(escalations.c.id))]
 
     def counts(self) -> dict[str, int]:
-        with self._tx() as c:
+        with self.transaction() as c:
             rows = c.execute(sa.select(reminders.c.status, sa.func.count()).group_by(reminders.c.status))
             return {status: int(count) for status, count in rows}
 

@@ -46,12 +46,11 @@ from typing import Any
 
 import psutil
 
+from bench.doc import write_section
 from bench.ledgers import EUROPE, generate, ledger_path
 from bench.machine import describe
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "performance.md"
-START, END = "<!-- month:start -->", "<!-- month:end -->"
 ROWS, CUSTOMERS, SEED = 50_000, 5_000, 7
 FIRST_DAY = date(2026, 11, 2)  # a Monday
 PAY_SHARE, REPLY_SHARE = 0.015, 0.04
@@ -321,16 +320,6 @@ def report(result: dict[str, Any]) -> str:
     ])
 
 
-def write_doc(text: str) -> None:
-    doc = DOC.read_text() if DOC.exists() else "# Performance\n"
-    block = f"{START}\n{text}\n{END}"
-    if START in doc and END in doc:
-        doc = doc[:doc.index(START)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(doc)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=int, default=30)
@@ -341,7 +330,7 @@ def main() -> None:
                                                   "to study the daemon's memory afterwards")
     args = parser.parse_args()
     if args.report_only:
-        write_doc(report(json.loads((ROOT / "bench" / "out" / "month.json").read_text())))
+        write_section("month", report(json.loads((ROOT / "bench" / "out" / "month.json").read_text())))
         return
     machine = describe()
     source = generate(ledger_path("month", ROWS, CUSTOMERS, SEED), ROWS, CUSTOMERS, SEED, FIRST_DAY,
@@ -417,7 +406,7 @@ def main() -> None:
     text = report(result)
     print(text)
     if not args.no_doc:
-        write_doc(text)
+        write_section("month", text)
 
 
 if __name__ == "__main__":

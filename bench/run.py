@@ -9,7 +9,6 @@ convention the other benchmarks there follow); everything else in the file is le
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -19,36 +18,27 @@ from bench import machine
 from bench import plan as plan_bench
 from bench import send as send_bench
 from bench import triage as triage_bench
+from bench.doc import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "performance.md"
-INTRO = """# Performance
-
-Measured by the benchmarks in `bench/` (they are not tests). The machines this runs on are shared and
-noisy, so no figure here is a promise: every target is a ratio against a baseline measured side by side
-in the same run, each figure the best of interleaved repetitions, and the machine is named with it.
-
-Reproduce: `make bench` (installs the mail stack's packages, then runs everything), or one benchmark:
-`python -m bench.run plan` / `python -m bench.run send`. Each rewrites only its own section below.
-"""
 
 
 def _plan(repeats: int) -> str:
     started = time.monotonic()
     result = plan_bench.run(repeats, log=_log)
-    return _section("plan", "Planning a million invoices", plan_bench.__doc__ or "", plan_bench.markdown(result),
+    return _section("Planning a million invoices", plan_bench.__doc__ or "", plan_bench.markdown(result),
                     "python -m bench.run plan", time.monotonic() - started)
 
 
 def _send(repeats: int) -> str:
     started = time.monotonic()
     result = send_bench.run(repeats, log=_log)
-    return _section("send", "Sending 10,000 reminders through a real Postfix", send_bench.__doc__ or "",
+    return _section("Sending 10,000 reminders through a real Postfix", send_bench.__doc__ or "",
                     send_bench.markdown(result), "python -m bench.run send", time.monotonic() - started)
 
 
 def _triage(repeats: int) -> str:  # its markdown is a whole section: title, machine and how to reproduce included
-    return f"<!-- triage:start -->\n{triage_bench.markdown(triage_bench.run(repeats, log=_log))}\n<!-- triage:end -->"
+    return triage_bench.markdown(triage_bench.run(repeats, log=_log))
 
 
 BENCHMARKS: dict[str, Callable[[int], str]] = {"plan": _plan, "send": _send, "triage": _triage}
@@ -58,23 +48,11 @@ def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _section(name: str, title: str, doc: str, body: str, command: str, seconds: float) -> str:
+def _section(title: str, doc: str, body: str, command: str, seconds: float) -> str:
     what = " ".join(doc.split("\n\n", 1)[-1].split())
-    return (f"<!-- {name}:start -->\n## {title}\n\n{what}\n\n{body}\n\n"
+    return (f"## {title}\n\n{what}\n\n{body}\n\n"
             f"Machine: {machine.describe()}. The run took {seconds / 60:.1f} min.\n\n"
-            f"Reproduce: `make bench` (both benchmarks; installs the mail stack's packages first) or `{command}`.\n"
-            f"<!-- {name}:end -->")
-
-
-def write(name: str, section: str, doc: Path = DOC) -> None:
-    """Replace the benchmark's section (or append it), keeping the rest of the file."""
-    text = doc.read_text() if doc.exists() else INTRO
-    pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.DOTALL)
-    text, found = pattern.subn(lambda _: section, text)
-    if not found:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
+            f"Reproduce: `make bench` (both benchmarks; installs the mail stack's packages first) or `{command}`.")
 
 
 def main() -> None:
@@ -84,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     for name in BENCHMARKS if args.which == "all" else [args.which]:
         section = BENCHMARKS[name](args.repeats)
-        write(name, section)
+        write_section(name, section)
         print(section)
 
 

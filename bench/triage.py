@@ -48,11 +48,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from bench.doc import DOC, write_section
 from bench.ledgers import EUROPE, OUT, generate, ledger_path
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "performance.md"
-START, END = "<!-- triage:start -->", "<!-- triage:end -->"
 CORPUS = ROOT / "tests" / "corpus"
 
 CUSTOMERS, ROWS, SEED = 2_000, 5_000, 2
@@ -787,20 +786,6 @@ def findings(result: Result) -> list[str]:
     return out
 
 
-def write_section(text: str, path: Path = DOC) -> None:
-    """Replace only what lies between our markers (appended at the end if absent); re-read just before writing."""
-    current = path.read_text() if path.exists() else ""
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    start, end = current.find(START), current.find(END)
-    if start != -1 and end > start:
-        updated = current[:start] + block + current[end + len(END):]
-    else:
-        updated = current + ("" if not current or current.endswith("\n") else "\n") + ("\n" if current else "") \
-            + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(updated)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", choices=(*KINDS, CLASSIFY), help=argparse.SUPPRESS)
@@ -828,8 +813,8 @@ def main() -> None:
     text = markdown(result)
     print(text)
     if not args.no_write:
-        write_section(text)
-        print(f"\nwritten between {START} and {END} in {DOC.relative_to(ROOT)}")
+        write_section("triage", text)
+        print(f"\nwritten to the triage section of {DOC.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -35,12 +35,11 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from bench.doc import write_section
 from bench.machine import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-DOC = ROOT / "docs" / "performance.md"
-START, END = "<!-- web:start -->", "<!-- web:end -->"
 CASES, SEED, VERSION = 10_000, 7, 1
 ZONE = ZoneInfo("Europe/Madrid")
 NOW = datetime(2026, 11, 24, 11, 0, tzinfo=ZONE)
@@ -361,20 +360,6 @@ def section(results: list[Timing], facts: dict[str, Any], requests: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path = DOC) -> None:
-    """Replace only what lies between our markers (appended at the end if absent); re-read just before writing."""
-    current = path.read_text() if path.exists() else ""
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    start, end = current.find(START), current.find(END)
-    if start != -1 and end > start:
-        updated = current[:start] + block + current[end + len(END):]
-    else:
-        updated = current + ("" if not current or current.endswith("\n") else "\n") + ("\n" if current else "") \
-            + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(updated)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=50)
@@ -387,7 +372,7 @@ def main() -> None:
     text = section(results, facts, args.requests)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("web", text)
 
 
 if __name__ == "__main__":

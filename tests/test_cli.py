@@ -174,3 +174,24 @@ def test_the_daemons_command_imports_the_daemon_and_not_the_other_commands() -> 
                          "bot.reports", "rich", "uvicorn", "starlette"}
     # Planning and rendering run in the pass's child process: the daemon that delivers does not carry them.
     assert not loaded & {"bot.policy", "bot.templates", "bot.ledger", "bot.dunning", "holidays", "jinja2", "babel"}
+
+
+@pytest.mark.parametrize("command", [["inbox", "poll"], ["inbox", "watch"]])
+def test_reading_the_inbox_refuses_while_the_daemon_holds_the_store(tmp_path: Path, command: list[str]) -> None:
+    from bot.config import load_settings
+    from bot.instance_lock import InstanceLock
+
+    config = make_config(tmp_path)
+    inbox = tmp_path / "var" / "inbox"
+    for sub in ("new", "cur", "tmp"):
+        (inbox / sub).mkdir(parents=True, exist_ok=True)
+    (inbox / "new" / "1.eml").write_bytes(b"From: ap@customer.test\r\nSubject: paid\r\n"
+                                          b"Message-ID: <x@c.test>\r\n\r\nok\r\n")
+    lock = InstanceLock(load_settings(config).store_url)
+    lock.acquire()
+    try:
+        code, _, err = run(*command, "--config", str(config))
+    finally:
+        lock.release()
+    assert code == 1 and "already works on the store" in err
+    assert [p.name for p in (inbox / "new").iterdir()] == ["1.eml"]  # nothing read, nothing moved

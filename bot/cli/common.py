@@ -8,7 +8,8 @@ import importlib
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,6 +19,7 @@ import click
 
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError, DunbotError, LedgerError
+from bot.instance_lock import InstanceLock
 from bot.store import Store
 
 if TYPE_CHECKING:
@@ -85,6 +87,18 @@ def parse_now(text: str | None, settings: Settings) -> datetime:
 
 def _open_store(settings: Settings) -> Store:
     return Store.open(settings.store_url)
+
+
+@contextmanager
+def exclusive(settings: Settings) -> Iterator[None]:
+    """Sending and reading the inbox are what a running daemon does on its own schedule: a second sender or
+    reader on the same store would race it for the same mail. Raises AlreadyRunning (a DunbotError)."""
+    lock = InstanceLock(settings.store_url)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 

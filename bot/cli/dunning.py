@@ -26,13 +26,13 @@ from bot.cli.common import (
     _open_store,
     clock_from,
     err,
+    exclusive,
     main,
     parse_now,
 )
 from bot.config import Settings
 from bot.daemon_settings import load_daemon_settings
 from bot.errors import DunbotError
-from bot.instance_lock import InstanceLock
 from bot.ledger import Invoice, Ledger, read_ledger
 from bot.ledger_check import accept_ledger, last_ledger_check
 from bot.messages import compose
@@ -183,14 +183,12 @@ def send_command(settings: Settings, now_text: str | None, dry_run: bool, retry_
         for error in report.errors:
             _error("error", error)
         sys.exit(PROBLEMS if ledger.problems or report.errors else OK)
-    lock = InstanceLock(settings.store_url)
-    lock.acquire()  # a running daemon sends on its own schedule: two senders could resend each other's mail
-    store = _open_store(settings)
-    try:
-        result, report = asyncio.run(_send(settings, store, ledger, templates, now, retry_for))
-    finally:
-        store.close()
-        lock.release()
+    with exclusive(settings):
+        store = _open_store(settings)
+        try:
+            result, report = asyncio.run(_send(settings, store, ledger, templates, now, retry_for))
+        finally:
+            store.close()
     click.echo(f"queued {report.queued}, sent {report.sent}, failed {report.failed}, waiting for retry "
                f"{report.retrying}, withdrawn {report.cancelled}, escalated {report.escalated}; "
                f"{len(result.waiting)} customers wait for their send window or the minimum gap")

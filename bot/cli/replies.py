@@ -21,6 +21,7 @@ from bot.cli.common import (
     _now_option,
     _open_store,
     clock_from,
+    exclusive,
     main,
     parse_now,
 )
@@ -121,20 +122,21 @@ def _print_tally(tally: Tally) -> None:
 @_now_option
 def inbox_poll(settings: Settings, now_text: str | None) -> None:
     """One pass over the inbox: every new message is matched, read, acted on and moved."""
-    store = _open_store(settings)
-    try:
-        processor = Processor(store, settings, clock_from(parse_now(now_text, settings)))
-        watcher = watcher_for(settings.inbox, store, processor.clock)
+    with exclusive(settings):
+        store = _open_store(settings)
+        try:
+            processor = Processor(store, settings, clock_from(parse_now(now_text, settings)))
+            watcher = watcher_for(settings.inbox, store, processor.clock)
 
-        async def run() -> None:
-            try:
-                await watcher.poll(processor)
-            finally:
-                await watcher.close()
+            async def run() -> None:
+                try:
+                    await watcher.poll(processor)
+                finally:
+                    await watcher.close()
 
-        asyncio.run(run())
-    finally:
-        store.close()
+            asyncio.run(run())
+        finally:
+            store.close()
     _print_tally(processor.tally)
     if watcher.last_error:
         _error("error", watcher.last_error)
@@ -145,6 +147,11 @@ def inbox_poll(settings: Settings, now_text: str | None) -> None:
 @_common
 def inbox_watch(settings: Settings) -> None:
     """Watch the inbox (IMAP IDLE, or polling) and act on every reply as it arrives, until interrupted."""
+    with exclusive(settings):
+        _watch(settings)
+
+
+def _watch(settings: Settings) -> None:
     store = _open_store(settings)
     processor = Processor(store, settings, lambda: datetime.now(ZoneInfo(settings.company.timezone)))
     watcher = watcher_for(settings.inbox, store, processor.clock)

@@ -24,17 +24,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _plan(repeats: int) -> str:
-    started = time.monotonic()
+    started, machine_then = time.monotonic(), machine.describe()
     result = plan_bench.run(repeats, log=_log)
     return _section("Planning a million invoices", plan_bench.__doc__ or "", plan_bench.markdown(result),
-                    "python -m bench.run plan", time.monotonic() - started)
+                    "python -m bench.run plan", machine_then, time.monotonic() - started)
 
 
 def _send(repeats: int) -> str:
-    started = time.monotonic()
+    started, machine_then = time.monotonic(), machine.describe()
     result = send_bench.run(repeats, log=_log)
     return _section("Sending 10,000 reminders through a real Postfix", send_bench.__doc__ or "",
-                    send_bench.markdown(result), "python -m bench.run send", time.monotonic() - started)
+                    send_bench.markdown(result), "python -m bench.run send", machine_then, time.monotonic() - started)
 
 
 def _triage(repeats: int) -> str:  # its markdown is a whole section: title, machine and how to reproduce included
@@ -48,10 +48,11 @@ def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _section(title: str, doc: str, body: str, command: str, seconds: float) -> str:
+def _section(title: str, doc: str, body: str, command: str, machine_then: str, seconds: float) -> str:
+    """`machine_then` is described before the run: the load average at its start, not the one it caused."""
     what = " ".join(doc.split("\n\n", 1)[-1].split())
     return (f"## {title}\n\n{what}\n\n{body}\n\n"
-            f"Machine: {machine.describe()}. The run took {seconds / 60:.1f} min.\n\n"
+            f"Machine: {machine_then}. The run took {seconds / 60:.1f} min.\n\n"
             f"Reproduce: `make bench` (both benchmarks; installs the mail stack's packages first) or `{command}`.")
 
 

@@ -264,8 +264,8 @@ measurably, and stays off (see below). What is left, largest first:
 2. CPU per message: under cProfile about two thirds of `messages.compose` is the email package folding the
    non-ASCII Subject and To headers (most of these European reminders), and Jinja's includes create
    ~11 contexts per message. Both are Python on the one core Dunbot has.
-3. The daemon (`bot/daemon.py`) still records a whole pass before delivering; `outbox.send_plan` is there
-   for it to use.
+3. The daemon records a whole pass (in its child process, bot/offload.py) before it delivers; overlapping
+   the two there would mean delivering from the store while the child is still recording.
 
 synchronous=FULL stays the default: in WAL mode NORMAL can lose the last commits on a power cut (not on a
 crash of the process), and "sent" marks lost means reminders sent twice.

@@ -128,21 +128,15 @@ def work(request: Request, store: Store | None) -> Outcome:
     assert store is not None
     if request.kind == MIGRATE:  # opening the store migrated it: Alembic stays in this process, not the daemon's
         return Outcome(outbox.Report())
-    if request.kind == NOTICES:
+    if request.kind in (NOTICES, DIGEST):
+        queue, what = ((notify.queue_escalation_notices, "escalation notices") if request.kind == NOTICES
+                       else (notify.queue_digests, "digests"))
         try:
-            queued = notify.queue_escalation_notices(store, request.settings, request.now)
+            queued = queue(store, request.settings, request.now)
         except DunbotError as exc:
             return Outcome(outbox.Report(), failure=("error", str(exc), ()))
         if queued:
-            log.info("queued %d escalation notices", queued)
-        return Outcome(outbox.Report())
-    if request.kind == DIGEST:
-        try:
-            queued = notify.queue_digests(store, request.settings, request.now)
-        except DunbotError as exc:
-            return Outcome(outbox.Report(), failure=("error", str(exc), ()))
-        if queued:
-            log.info("queued %d digests", queued)
+            log.info("queued %d %s", queued, what)
         return Outcome(outbox.Report())
     settings, now, report = request.settings, request.now, outbox.Report()
     try:

@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # bot.ledger loads Babel's currency list (2.5 MB); the store 
 STATES = ("active", "paused", "escalated", "payment_plan", "with_agency", "resolved")
 STOPPED = frozenset({"escalated", "with_agency", "resolved"})
 BOT = "dunbot"
+RESOLUTIONS = ("paid", "written_off", "credited")
+"""How a case can be closed by a person."""
 
 
 class CaseError(DunbotError):
@@ -294,7 +296,7 @@ class CaseBook:
             transition(c, customer_id, "payment_plan", actor=actor, reason=f"{len(parts)} installments", now=now)
 
     def resolve(self, customer_id: str, how: str, actor: str, now: datetime) -> None:
-        if how not in ("paid", "written_off", "credited"):
+        if how not in RESOLUTIONS:
             raise CaseError(f"resolve as paid, written_off or credited, not {how!r}")
         with self.store.engine.begin() as c:
             self._require(c, customer_id)

@@ -257,10 +257,9 @@ class Jobs:
                 f"`dunbot ledger accept --config {settings.source}`.\n")
         subject = f"Dunbot stopped: the ledger lost {exc.vanished} of {exc.previous} open invoices"
         rendered = Rendered(subject=subject, text=text, html=f"<pre>{html.escape(text)}</pre>")
-        raw = notify.compose(message_id, user, rendered, settings, self.clock(), "alert")
-        row = {"message_id": message_id, "kind": "alert", "owner": owner, "recipient": user.email,
-               "customer_id": None, "raw": raw, "created_at": self.clock()}
-        if notify.queue_notification(store, row):
+        now = self.clock()
+        raw = notify.compose(message_id, user, rendered, settings, now, "alert")
+        if notify.queue_notification(store, message_id, "alert", owner, user, None, raw, now):
             log.warning("ledger alert queued for %s <%s>", owner, user.email)
 
     async def _deliver(self, settings: Settings, report: outbox.Report) -> None:

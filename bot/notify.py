@@ -184,13 +184,16 @@ def _recipient(owner: str, users: Mapping[str, User], what: str, skipped: list[s
     return None
 
 
-def queue_notification(store: Store, row: dict[str, Any]) -> bool:
+def queue_notification(store: Store, message_id: str, kind: str, owner: str, user: User, customer_id: str | None,
+                       raw: bytes, now: datetime) -> bool:
     """Record one notification; False when another pass recorded it first (the Message-ID is unique)."""
     try:
         with store.transaction() as c:
-            c.execute(notifications.insert().values(**row, status=QUEUED, attempts=0))
+            c.execute(notifications.insert().values(
+                message_id=message_id, kind=kind, owner=owner, recipient=user.email, customer_id=customer_id,
+                raw=raw, created_at=now, status=QUEUED, attempts=0))
     except IntegrityError:
-        log.info("notification %s was already queued; skipped", row["message_id"])
+        log.info("notification %s was already queued; skipped", message_id)
         return False
     return True
 
@@ -254,9 +257,7 @@ def queue_escalation_notices(store: Store, settings: Settings, now: datetime, *,
                 skipped.append(f"escalation {esc['id']} of customer {cid}: {exc}")
             continue
         raw = compose(message_id, user, rendered, settings, now, ESCALATION)
-        row = {"message_id": message_id, "kind": ESCALATION, "owner": owner, "recipient": user.email,
-               "customer_id": cid, "raw": raw, "created_at": now}
-        if queue_notification(store, row):
+        if queue_notification(store, message_id, ESCALATION, owner, user, cid, raw, now):
             queued += 1
     return queued
 
@@ -310,9 +311,7 @@ def queue_digests(store: Store, settings: Settings, now: datetime, *, skipped: l
                 skipped.append(f"digest for {owner}: {exc}")
             continue
         raw = compose(message_id, user, rendered, settings, now, DIGEST)
-        row = {"message_id": message_id, "kind": DIGEST, "owner": owner, "recipient": user.email,
-               "customer_id": None, "raw": raw, "created_at": now}
-        if queue_notification(store, row):
+        if queue_notification(store, message_id, DIGEST, owner, user, None, raw, now):
             queued += 1
     return queued
 

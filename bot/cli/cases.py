@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bot import notify, reports
-from bot.casebook import STATES, CaseBook, CaseError
+from bot.casebook import RESOLUTIONS, STATES, CaseBook, CaseError
 from bot.casefile import export
 from bot.cli.common import OK, PROBLEMS, _common, _error, _now_option, _open_store, clock_from, main, parse_now
 from bot.config import Settings
@@ -276,7 +276,7 @@ def cases_plan(settings: Settings, now_text: str | None, actor: str | None, cust
 @_now_option
 @_as_user
 @click.argument("customer_id")
-@click.option("--as", "how", required=True, type=click.Choice(("paid", "written_off", "credited")))
+@click.option("--as", "how", required=True, type=click.Choice(RESOLUTIONS))
 def cases_resolve(settings: Settings, now_text: str | None, actor: str | None, customer_id: str, how: str) -> None:
     """Close the case."""
     who, now = _actor(actor), parse_now(now_text, settings)

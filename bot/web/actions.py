@@ -22,7 +22,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from bot.casebook import CaseError
+from bot.casebook import RESOLUTIONS, CaseError
 from bot.triage import INTENTS
 from bot.users import User
 from bot.web import handwritten, queries
@@ -172,7 +172,7 @@ def plan(a: Act) -> Done:
 
 def resolve(a: Act) -> Done:
     how = a.text("how", 20)
-    if how not in ("paid", "written_off", "credited"):
+    if how not in RESOLUTIONS:
         raise FormError("Choose how the case was resolved: paid, written off or credited.")
     a.web.book.resolve(a.cid, how, a.user.username, a.now)
     return Done(f"Case resolved: {how.replace('_', ' ')}.")

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from bot import casefile
-from bot.casebook import STATES, Entry
+from bot.casebook import RESOLUTIONS, STATES, Entry
 from bot.cases import SUGGESTED_STEPS
 from bot.triage import INTENTS
 from bot.users import User
@@ -177,7 +177,7 @@ def render_case(request: Request, case: dict[str, Any], *, error: str | None = N
         "subject": handwritten.default_subject(mails, f"Your account with {web.settings.company.name}"),
         "invalid": case["contact_email"].lower() in web.store.invalid_contacts(),
         "error": error, "failed": failed, "form": form if form is not None else FormData(),
-        "resolutions": ("paid", "written_off", "credited"),
+        "resolutions": RESOLUTIONS,
     }, status)
 
 

@@ -129,7 +129,8 @@ class Daemon(Jobs):
                               f"{problems[0]}")
         self._lock.acquire()
         try:
-            if self.open_store == Store.open and await asyncio.to_thread(Store.migration_due, self.settings.store_url):
+            url = self.settings.store_url
+            if self._child_opens(self.settings) and await asyncio.to_thread(Store.migration_due, url):
                 await self._offload(offload.MIGRATE, self.settings)
             self.store = await asyncio.to_thread(self.open_store, self.settings.store_url)
             self.processor = await asyncio.to_thread(Processor, self.store, self.settings, self.clock)

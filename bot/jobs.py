@@ -201,13 +201,17 @@ class Jobs:
             self._record("last_pass", summary)
         await asyncio.to_thread(trim_memory)
 
+    def _child_opens(self, settings: Settings) -> bool:
+        """Whether a child process can open the daemon's store: not one in memory, nor one from another opener
+        (tests, embedding); their work stays in the daemon's process."""
+        return self.open_store == Store.open and not settings.store_url.endswith(":memory:")
+
     async def _offload(self, kind: str, settings: Settings) -> offload.Outcome:
         """The job's work in a child process when the child can open the same store (bot/offload.py)."""
         request = offload.Request(kind, settings, self.clock(), self.options.ledger_check,
                                   logging.getLogger("bot").getEffectiveLevel())
-        if self.open_store == Store.open and not settings.store_url.endswith(":memory:"):
+        if self._child_opens(settings):
             return await offload.run(request)
-        # a store in memory, or from another opener (tests, embedding), cannot be reopened in a child
         return offload.result(await asyncio.to_thread(offload.work, request, self.store))
 
     async def _ledger_work(self, kind: str, settings: Settings) -> offload.Outcome:

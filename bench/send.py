@@ -58,8 +58,8 @@ def prebuild(config_file: Path) -> list[tuple[str, tuple[str, ...], bytes]]:
     """Plan and render every reminder as `dunbot send` would: the bytes for (c), the size for (a)."""
     from bot.config import load_settings
     from bot.ledger import read_ledger
-    from bot.outbox import render
     from bot.policy import History, plan
+    from bot.rendering import render
     from bot.templates import Templates
 
     settings = load_settings(config_file)

@@ -21,20 +21,13 @@ the same exception.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import logging
-import os
 import pickle
-import signal
-import struct
-import sys
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from bot import outbox
+from bot import children, outbox
 from bot.config import Settings
 from bot.errors import DunbotError
 from bot.ledger_check import LedgerCheck, LedgerSuspect, check_ledger
@@ -42,10 +35,6 @@ from bot.store import Store
 
 log = logging.getLogger(__name__)
 PASS, HOLDS, DIGEST, NOTICES, CHECK, MIGRATE = "pass", "holds", "digest", "notices", "check", "migrate"
-_HEADER = struct.Struct("!I")
-_PLAIN = (str, int, float, bool, type(None))
-_SOURCE = str(Path(__file__).resolve().parent.parent)  # the child imports this very bot package
-_PYTHONPATH = os.environ.get("PYTHONPATH", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +60,6 @@ class LedgerUnreadable(DunbotError):
     """The child could not read the ledger (the message says why)."""
 
 
-def _write(stream: IO[bytes], message: tuple[str, Any]) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
-
-
 class _Forward(logging.Handler):
     """Sends each record to the daemon, its arguments kept (the decision counter reads them) when they pickle."""
 
@@ -85,36 +68,12 @@ class _Forward(logging.Handler):
         self.stream = stream
 
     def emit(self, record: logging.LogRecord) -> None:
-        doc = dict(record.__dict__)
-        if record.exc_info:
-            doc["exc_text"] = logging.Formatter().formatException(record.exc_info)
-        doc["exc_info"] = None
-        doc["msg"] = record.msg if isinstance(record.msg, str) else str(record.msg)
-        if isinstance(record.args, tuple):
-            doc["args"] = tuple(a if isinstance(a, _PLAIN) or _pickles(a) else str(a) for a in record.args)
-        elif record.args is not None:
-            doc["msg"], doc["args"] = record.getMessage(), None
+        doc = children.portable(record)
         self.acquire()
         try:
-            _write(self.stream, ("log", doc))
+            children.write(self.stream, ("log", doc))
         finally:
             self.release()
-
-
-def _pickles(value: Any) -> bool:
-    try:
-        pickle.dumps(value)
-    except Exception:
-        return False
-    return True
-
-
-def _die_with_parent(parent: int) -> None:
-    """PR_SET_PDEATHSIG: the kernel kills the child when the daemon dies, even by kill -9."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    if os.getppid() != parent:  # the daemon died before the line above took effect
-        os._exit(1)
 
 
 def work(request: Request, store: Store | None) -> Outcome:
@@ -167,11 +126,8 @@ def work(request: Request, store: Store | None) -> Outcome:
 
 def child_main() -> None:
     """The child: one Request on stdin; log records, then the Outcome, on stdout."""
-    _die_with_parent(int(os.environ["DUNBOT_OFFLOAD_PARENT"]))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    out = sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing else may write into the message stream
-    request: Request = pickle.loads(sys.stdin.buffer.read())
+    stdin, out = children.become_child()
+    request: Request = pickle.loads(stdin.read())
     root = logging.getLogger()
     root.handlers[:] = [_Forward(out)]
     root.setLevel(logging.WARNING)
@@ -190,7 +146,7 @@ def child_main() -> None:
     except Exception as exc:
         log.exception("the %s work failed in its child process", request.kind)
         outcome = Outcome(outbox.Report(), failure=("error", f"{type(exc).__name__}: {exc}", ()))
-    _write(out, ("done", outcome))
+    children.write(out, ("done", outcome))
 
 
 async def run(request: Request, grace: float = 1.0) -> Outcome:
@@ -198,10 +154,7 @@ async def run(request: Request, grace: float = 1.0) -> Outcome:
 
     Raises what the daemon's own run would have: LedgerUnreadable, LedgerSuspect, DunbotError.
     """
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from bot.offload import child_main; child_main()", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, env={**os.environ, "DUNBOT_OFFLOAD_PARENT": str(os.getpid()),
-                                             "PYTHONPATH": os.pathsep.join(filter(None, (_SOURCE, _PYTHONPATH)))})
+    child = await children.spawn("bot.offload:child_main")
     assert child.stdin is not None and child.stdout is not None
     outcome: Outcome | None = None
     try:
@@ -210,8 +163,7 @@ async def run(request: Request, grace: float = 1.0) -> Outcome:
         child.stdin.close()
         while outcome is None:
             try:
-                size = _HEADER.unpack(await child.stdout.readexactly(_HEADER.size))[0]
-                kind, payload = pickle.loads(await child.stdout.readexactly(size))
+                kind, payload = await children.receive(child.stdout)
             except asyncio.IncompleteReadError:
                 break
             if kind == "log":
@@ -221,14 +173,7 @@ async def run(request: Request, grace: float = 1.0) -> Outcome:
                 outcome = payload
         code = await child.wait()
     finally:
-        if child.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.terminate()
-            try:
-                await asyncio.wait_for(asyncio.shield(child.wait()), grace)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    child.kill()
+        await children.stop(child, grace)
     if outcome is None:
         raise DunbotError(f"the {request.kind} work's child process ended without an answer (exit {code})")
     return result(outcome)

@@ -20,13 +20,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from bot.config import Settings
-from bot.errors import ConfigurationFailure, PermanentFailure, StoreError, TemplateError, TemporaryFailure
-from bot.messages import compose, recipients
-from bot.store import Outgoing, Queued, Store
+from bot.errors import ConfigurationFailure, DeliveryError, PermanentFailure, StoreError, TemporaryFailure
+from bot.rendering import Batch, Renderer, render_batch, replay
+from bot.store import Outgoing, Store
 from bot.transports import Envelope, Transport
 
 if TYPE_CHECKING:  # the daemon only delivers: planning and rendering run in its child process (bot/offload.py)
-    from bot.policy import Plan, Reminder
+    from bot.policy import Plan
     from bot.templates import Templates
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,8 @@ BATCH = 500
 # While delivery runs: reminders recorded per transaction, and at most that many more waiting for a
 # connection, so rendering keeps pace with delivery instead of holding every message in memory.
 RECORD_BATCH = 100
-# Reminders rendered (~0.6 ms each) before the connections get a turn: a turn per message cost ~0.14 ms
-# of CPU each (10,000 turns, 1.4 s of a pass), a few milliseconds' wait costs them little.
-RENDER_STRETCH = 10
+# Batches a pass has being rendered at a time: with a worker, it renders the next while this one is recorded.
+RENDER_AHEAD = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,57 +73,28 @@ class Report:
     aborted: str | None = None
 
 
-def render(reminder: Reminder, templates: Templates, settings: Settings, now: datetime) -> Queued:
-    rendered = templates.render(reminder, settings.company)
-    return Queued(
-        message_id=reminder.message_id,
-        customer_id=reminder.customer.customer_id,
-        contact=reminder.to,
-        track=reminder.track,
-        stage=reminder.stage.name,
-        language=reminder.language,
-        sender=settings.company.email,
-        recipients=recipients(reminder),
-        subject=rendered.subject,
-        raw=compose(reminder, rendered, settings.company, now),
-        balances=tuple((line.invoice.invoice_id, str(line.invoice.balance)) for line in reminder.lines),
-    )
-
-
-def _render_or_report(reminder: Reminder, templates: Templates, settings: Settings, now: datetime,
-                      report: Report) -> Queued | None:
-    """A template error skips only its customer, and says so."""
-    try:
-        return render(reminder, templates, settings, now)
-    except TemplateError as exc:
-        report.errors.append(f"customer {reminder.customer.customer_id}: {exc}")
-        log.error("not queued for customer %s: %s", reminder.customer.customer_id, exc)
-        return None
-
-
 def enqueue(plan: Plan, store: Store, templates: Templates, settings: Settings, report: Report) -> None:
     """Render and record every planned reminder and escalation; a template error skips only its customer."""
     templates.refresh()
-    now = plan.now
-    batch: list[Queued] = []
-    for reminder in plan.reminders:
-        item = _render_or_report(reminder, templates, settings, now, report)
-        if item is not None:
-            batch.append(item)
-        if len(batch) >= BATCH:
-            report.queued += len(store.enqueue(batch, now))
-            batch.clear()
-    if batch:
-        report.queued += len(store.enqueue(batch, now))
+    for i in range(0, len(plan.reminders), BATCH):
+        batch = render_batch(plan.reminders[i:i + BATCH], templates, settings, plan.now)
+        _skipped(batch, report)
+        report.queued += len(store.enqueue(batch.queued, plan.now))
     escalate(plan, store, report)
+
+
+def _skipped(batch: Batch, report: Report) -> None:
+    for customer_id, error in batch.skipped:
+        report.errors.append(f"customer {customer_id}: {error}")
+        log.error("not queued for customer %s: %s", customer_id, error)
 
 
 async def send_plan(plan: Plan, store: Store, templates: Templates, settings: Settings, transport: Transport,
                     clock: Callable[[], datetime], report: Report, *, workers: int = 1,
                     retry_for: float = 0.0) -> Report:
     """enqueue then deliver, overlapped: each batch is delivered as soon as it is recorded, while the next
-    is rendered, so the first message leaves after one batch is rendered, not all of them, and the time
-    the connections spend waiting on the server goes into rendering.
+    is rendered (in a worker process, for a large pass: bot/rendering.py), so the first message leaves after
+    one batch is rendered, not all of them, and rendering does not take turns with the connections.
 
     Nothing else changes: a reminder is committed with its exact bytes before it is offered to a
     connection, and marked around its SMTP transaction as in `deliver`. If delivery stops (the server
@@ -132,28 +102,29 @@ async def send_plan(plan: Plan, store: Store, templates: Templates, settings: Se
     """
 
     async def record(feed: _Feed) -> None:
-        templates.refresh()
-        # Before any mark can be committing: escalate reads then writes, and on SQLite a transaction that
-        # turns from reading to writing while another connection commits fails at once ("database is locked").
-        escalate(plan, store, report)
-        await feed.put(store.due(clock()))  # left by an earlier pass, or caught mid-send by a crash
-        now = plan.now
-        batch: list[Queued] = []
-        for i, reminder in enumerate(plan.reminders, 1):
-            item = _render_or_report(reminder, templates, settings, now, report)
-            if item is not None:
-                batch.append(item)
-            if len(batch) >= RECORD_BATCH or (i == len(plan.reminders) and batch):
-                try:
-                    recorded = await asyncio.to_thread(store.enqueue, batch, now)
-                except StoreError as exc:
-                    _abort(report, f"the store cannot record reminders, so nothing more is sent: {exc}")
-                    raise
-                report.queued += len(recorded)
-                batch = []
-                await feed.put(recorded)
-            if i % RENDER_STRETCH == 0:
-                await asyncio.sleep(0)  # the connections' replies come in between
+        async def put(batch: Batch) -> None:
+            replay(batch)
+            _skipped(batch, report)
+            try:
+                recorded = await asyncio.to_thread(store.enqueue, batch.queued, plan.now)
+            except StoreError as exc:
+                _abort(report, f"the store cannot record reminders, so nothing more is sent: {exc}")
+                raise
+            report.queued += len(recorded)
+            await feed.put(recorded)
+
+        async with Renderer.for_pass(len(plan.reminders), templates, settings, plan.now) as renderer:
+            chunks = [plan.reminders[i:i + RECORD_BATCH] for i in range(0, len(plan.reminders), RECORD_BATCH)]
+            rendering = deque(renderer.submit(chunk) for chunk in chunks[:RENDER_AHEAD])
+            # Before any mark can be committing: escalate reads then writes, and on SQLite a transaction that
+            # turns from reading to writing while another connection commits fails at once ("database is locked").
+            escalate(plan, store, report)
+            await feed.put(store.due(clock()))  # left by an earlier pass, or caught mid-send by a crash
+            for chunk in chunks[RENDER_AHEAD:]:
+                await put(await rendering.popleft())
+                rendering.append(renderer.submit(chunk))
+            while rendering:
+                await put(await rendering.popleft())
 
     return await deliver(store, transport, clock, Retry.from_settings(settings), report, workers=workers,
                          retry_for=retry_for, first=record)
@@ -373,30 +344,25 @@ async def _send_all(fill: Callable[[_Feed], Awaitable[None]], store: Store, tran
 
 async def _send_one(item: Outgoing, store: Store, marks: _Marks, transport: Transport,
                     clock: Callable[[], datetime], retry: Retry, report: Report, breaker: _Breaker) -> None:
-    try:
-        if not await marks.mark_sending(item.id):
-            log.info("reminder %s is being sent by another process; left to it", item.message_id)
-            return
-    except StoreError as exc:
-        _abort(report, f"the store cannot record sends, so nothing more is sent: {exc}")
-        return
+    """The claim's commit runs while the transport opens the transaction (MAIL, RCPT); the transport waits
+    for it before DATA, the point after which the server may accept the message: "sending" is still
+    committed first, and the previous message's "sent" with it or before, so no more can be unrecorded."""
+    claim = asyncio.ensure_future(marks.mark_sending(item.id))
     envelope = Envelope(item.sender, item.recipients, item.raw, item.message_id)
     try:
-        accepted = await transport.send(envelope)
-    except TemporaryFailure as exc:
-        error = str(exc)
-        _record(report, lambda: _retry_or_give_up(store, item, item.attempts + 1, retry, clock(), error, report))
-        if breaker.failure():
-            _abort(report, f"the mail server keeps failing ({error}); the rest waits for the next pass")
+        accepted = await transport.send(envelope, ready=claim)
+    except StoreError as exc:  # the claim, raised at the transport's wait for it
+        _abort(report, f"the store cannot record sends, so nothing more is sent: {exc}")
         return
-    except PermanentFailure as exc:
-        refused, error = exc.recipients or item.recipients, str(exc)
-        _record(report, lambda: _refused(store, item, refused, error, clock(), report))
+    except (TemporaryFailure, PermanentFailure, ConfigurationFailure) as exc:
+        if await _ours(claim, item, report):
+            _failed(exc, item, store, clock, retry, report, breaker)
         return
-    except ConfigurationFailure as exc:
-        error = str(exc)
-        _abort(report, f"sending is misconfigured, nothing more is sent until it is fixed: {error}")
-        _record(report, lambda: store.mark_retry(item.id, clock(), error))
+    except BaseException:
+        claim.cancel()
+        raise
+    if accepted is None:
+        log.info("reminder %s is being sent by another process; left to it", item.message_id)
         return
     breaker.success()
     report.sent += 1
@@ -411,6 +377,33 @@ async def _send_one(item: Outgoing, store: Store, marks: _Marks, transport: Tran
             store.mark_contact_invalid(address, f"refused by the server: {reply}", clock())
     if accepted.refused:
         _record(report, invalid)
+
+
+async def _ours(claim: asyncio.Future[bool], item: Outgoing, report: Report) -> bool:
+    """Whether this process claimed the reminder; a failure is recorded only then, and after the claim."""
+    try:
+        if await claim:
+            return True
+    except StoreError as exc:
+        _abort(report, f"the store cannot record sends, so nothing more is sent: {exc}")
+        return False
+    log.info("reminder %s is being sent by another process; left to it", item.message_id)
+    return False
+
+
+def _failed(exc: DeliveryError, item: Outgoing, store: Store, clock: Callable[[], datetime], retry: Retry,
+            report: Report, breaker: _Breaker) -> None:
+    error = str(exc)
+    if isinstance(exc, TemporaryFailure):
+        _record(report, lambda: _retry_or_give_up(store, item, item.attempts + 1, retry, clock(), error, report))
+        if breaker.failure():
+            _abort(report, f"the mail server keeps failing ({error}); the rest waits for the next pass")
+    elif isinstance(exc, PermanentFailure):
+        refused = exc.recipients or item.recipients
+        _record(report, lambda: _refused(store, item, refused, error, clock(), report))
+    else:
+        _abort(report, f"sending is misconfigured, nothing more is sent until it is fixed: {error}")
+        _record(report, lambda: store.mark_retry(item.id, clock(), error))
 
 
 def _refused(store: Store, item: Outgoing, refused: tuple[str, ...], error: str, now: datetime,

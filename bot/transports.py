@@ -43,8 +43,12 @@ class Accepted:
 
 
 class Transport(Protocol):
+    """`send` awaits `ready`, when given, just before the point after which the message may be delivered
+    (SMTP: DATA), so that the outbox's claim is committed while the transaction opens; if `ready` gives
+    False, nothing is delivered and `send` returns None."""
+
     async def open(self) -> None: ...
-    async def send(self, envelope: Envelope) -> Accepted: ...
+    async def send(self, envelope: Envelope, ready: asyncio.Future[bool] | None = None) -> Accepted | None: ...
     async def close(self) -> None: ...
 
 
@@ -88,9 +92,11 @@ class MaildirTransport:
                 ids[message_id] = key
         return box, ids
 
-    async def send(self, envelope: Envelope) -> Accepted:
+    async def send(self, envelope: Envelope, ready: asyncio.Future[bool] | None = None) -> Accepted | None:
         if self._box is None:
             raise RuntimeError("MaildirTransport.send() before open()")
+        if ready is not None and not await ready:
+            return None
         async with self._lock:
             key = self._ids.get(envelope.message_id)
             if key is not None:
@@ -226,14 +232,14 @@ class SmtpTransport:
 
     # -- sending --
 
-    async def send(self, envelope: Envelope) -> Accepted:
+    async def send(self, envelope: Envelope, ready: asyncio.Future[bool] | None = None) -> Accepted | None:
         if not self._opened:
             raise RuntimeError("SmtpTransport.send() before open() or after close()")
         await self._limiter.wait()
         async with self._slots:
             client = self._idle.pop() if self._idle else self._client()
             try:
-                return await self._send_on(client, envelope)
+                return await self._send_on(client, envelope, ready)
             finally:
                 self._idle.append(client)
 
@@ -248,16 +254,17 @@ class SmtpTransport:
             tls_context=self._tls,
         )
 
-    async def _send_on(self, client: aiosmtplib.SMTP, envelope: Envelope) -> Accepted:
+    async def _send_on(self, client: aiosmtplib.SMTP, envelope: Envelope,
+                       ready: asyncio.Future[bool] | None) -> Accepted | None:
         reused = client.is_connected
         if not reused:
             await self._connect(client)
         try:
-            return await self._transaction(client, envelope, reused)
+            return await self._transaction(client, envelope, reused, ready)
         except _Stale:
             log.info("smtp %s: idle connection was closed by the server; reconnecting", self._where)
             await self._connect(client)
-            return await self._transaction(client, envelope, False)
+            return await self._transaction(client, envelope, False, ready)
 
     async def _connect(self, client: aiosmtplib.SMTP) -> None:
         s, t = self.settings, self.settings.timeout
@@ -357,7 +364,8 @@ class SmtpTransport:
             return TemporaryFailure(f"{self._where} deferred {stage}: {reply}")
         return PermanentFailure(f"{self._where} refused {stage}: {reply}", recipients)
 
-    async def _transaction(self, client: aiosmtplib.SMTP, envelope: Envelope, reused: bool) -> Accepted:
+    async def _transaction(self, client: aiosmtplib.SMTP, envelope: Envelope, reused: bool,
+                           ready: asyncio.Future[bool] | None) -> Accepted | None:
         t = self.settings.timeout
         options, encoding = self._mail_options(client, envelope)
         try:
@@ -379,6 +387,8 @@ class SmtpTransport:
             if len(refused) == len(envelope.recipients):
                 await self._reset(client)
                 raise self._all_refused(refused)
+            if ready is not None and not await self._ready(client, ready):
+                return None
             try:
                 response = await client.data(envelope.message, timeout=t)
             except aiosmtplib.SMTPDataError as exc:
@@ -425,6 +435,17 @@ class SmtpTransport:
             raise PermanentFailure(f"{self._where} does not accept non-ASCII addresses (no SMTPUTF8)",
                                    tuple(a for a in envelope.recipients if not a.isascii()))
         return [*options, "SMTPUTF8"], "utf-8"
+
+    async def _ready(self, client: aiosmtplib.SMTP, ready: asyncio.Future[bool]) -> bool:
+        """Wait for the caller's go before DATA; without it (False, or its failure), abandon the transaction."""
+        try:
+            go = await asyncio.shield(ready)
+        except BaseException:
+            await self._reset(client)
+            raise
+        if not go:
+            await self._reset(client)
+        return go
 
     async def _reset(self, client: aiosmtplib.SMTP) -> None:
         """Abandon the transaction so the connection can carry the next message; drop it if RSET fails."""

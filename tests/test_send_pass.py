@@ -36,7 +36,9 @@ class Watching(MaildirTransport):
         self.store = store
         self.seen: list[tuple[str, bool, int]] = []  # (status, stored bytes == sent bytes, reminders recorded)
 
-    async def send(self, envelope: Envelope) -> Accepted:
+    async def send(self, envelope: Envelope, ready: asyncio.Future[bool] | None = None) -> Accepted | None:
+        if ready is not None and not await ready:
+            return None
         with self.store.engine.begin() as c:
             status, raw = c.execute(sa.select(reminders.c.status, reminder_messages.c.raw)
                                     .join(reminder_messages, reminder_messages.c.reminder_id == reminders.c.id)

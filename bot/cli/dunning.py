@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot import dunning, outbox
+from bot import dunning, outbox, rendering
 from bot.cli.common import (
     OK,
     PROBLEMS,
@@ -176,7 +176,7 @@ def send_command(settings: Settings, now_text: str | None, dry_run: bool, retry_
             store.close()
         for reminder in result.reminders:
             try:
-                outbox.render(reminder, templates, settings, now)
+                rendering.render(reminder, templates, settings, now)
             except DunbotError as exc:
                 report.errors.append(f"customer {reminder.customer.customer_id}: {exc}")
         _print_plan(result, Console())

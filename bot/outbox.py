@@ -115,7 +115,9 @@ async def send_plan(plan: Plan, store: Store, templates: Templates, settings: Se
 
         async with Renderer.for_pass(len(plan.reminders), templates, settings, plan.now) as renderer:
             chunks = [plan.reminders[i:i + RECORD_BATCH] for i in range(0, len(plan.reminders), RECORD_BATCH)]
-            rendering = deque(renderer.submit(chunk) for chunk in chunks[:RENDER_AHEAD])
+            # The first batch is rendered here while the worker starts (~0.4 s): the first message leaves as
+            # early as it would without a worker.
+            rendering = deque(renderer.submit(chunk, here=i == 0) for i, chunk in enumerate(chunks[:RENDER_AHEAD]))
             # Before any mark can be committing: escalate reads then writes, and on SQLite a transaction that
             # turns from reading to writing while another connection commits fails at once ("database is locked").
             escalate(plan, store, report)

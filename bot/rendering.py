@@ -98,8 +98,9 @@ class Renderer:
     def for_pass(cls, reminders: int, templates: Templates, settings: Settings, now: datetime) -> Renderer:
         return cls(templates, settings, now, worker=reminders >= WORKER_FROM)
 
-    def submit(self, reminders: Sequence[Reminder]) -> asyncio.Future[Batch]:
-        if self._child is None or self._child.stdin is None:
+    def submit(self, reminders: Sequence[Reminder], *, here: bool = False) -> asyncio.Future[Batch]:
+        """`here`: render in this process even with a worker (a pass's first batch, while the worker starts)."""
+        if here or self._child is None or self._child.stdin is None:
             future: asyncio.Future[Batch] = asyncio.ensure_future(self._here(reminders))
         else:
             future = asyncio.get_running_loop().create_future()

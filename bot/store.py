@@ -48,6 +48,13 @@ _BATCH: ContextVar[tuple[Store, Connection] | None] = ContextVar("dunbot_reply_b
 
 
 QUEUED, SENDING, SENT, FAILED = "queued", "sending", "sent", "failed"
+# The outbox's marks, built once: building them at each group commit cost as much as running them (~0.25 ms).
+_CLAIM = (reminders.update().where(reminders.c.id.in_(sa.bindparam("ids", expanding=True)))
+          .where(reminders.c.status == QUEUED).values(status=SENDING, attempts=reminders.c.attempts + 1)
+          .returning(reminders.c.id))
+_SENT = (reminders.update().where(reminders.c.id == sa.bindparam("rid"))
+         .values(status=SENT, sent_at=sa.bindparam("at", type_=reminders.c.sent_at.type),
+                 server_reply=sa.bindparam("reply"), last_error=None, next_attempt_at=None))
 IMMEDIATE = "dunbot_immediate"  # execution option: SQLite begins the transaction with BEGIN IMMEDIATE
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -345,15 +352,9 @@ class Store:
         claimed: set[int] = set()
         with self.transaction() as c:
             if sending:
-                claimed = set(c.execute(reminders.update().where(reminders.c.id.in_(sending))
-                                        .where(reminders.c.status == QUEUED)
-                                        .values(status=SENDING, attempts=reminders.c.attempts + 1)
-                                        .returning(reminders.c.id)).scalars())
+                claimed = set(c.execute(_CLAIM, {"ids": list(sending)}).scalars())
             if sent:
-                c.execute(reminders.update().where(reminders.c.id == sa.bindparam("rid")).values(
-                    status=SENT, sent_at=sa.bindparam("at", type_=reminders.c.sent_at.type),
-                    server_reply=sa.bindparam("reply"), last_error=None, next_attempt_at=None),
-                    [{"rid": rid, "at": at, "reply": reply[:500]} for rid, at, reply in sent])
+                c.execute(_SENT, [{"rid": rid, "at": at, "reply": reply[:500]} for rid, at, reply in sent])
         return claimed
 
     def mark_retry(self, rid: int, at: datetime, error: str) -> None:

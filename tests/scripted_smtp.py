@@ -108,7 +108,20 @@ class _ScriptedProtocol(SMTP):
             return
         await super()._handle_client()
 
+    async def smtp_MAIL(self, arg: str) -> None:
+        self.scripted.commands.append("MAIL")
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        self.scripted.commands.append("RCPT")
+        await super().smtp_RCPT(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        self.scripted.commands.append("RSET")
+        await super().smtp_RSET(arg)
+
     async def smtp_DATA(self, arg: str) -> None:
+        self.scripted.commands.append("DATA")
         script = self.scripted.script
         if script.drop_in_data and self.envelope is not None and self.envelope.rcpt_tos:
             script.drop_in_data -= 1
@@ -121,7 +134,8 @@ class _ScriptedProtocol(SMTP):
 
 
 class ScriptedSMTP:
-    """The server; `connections` counts TCP connections, `messages` holds what was accepted."""
+    """The server; `connections` counts TCP connections, `messages` holds what was accepted, `commands` the
+    transaction commands received (MAIL, RCPT, DATA, RSET), in order."""
 
     host = HOST
 
@@ -129,6 +143,7 @@ class ScriptedSMTP:
         self.script = script
         self.connections = 0
         self.messages: list[Received] = []
+        self.commands: list[str] = []
         self.port = 0
         self._tls: ssl.SSLContext | None = None
         if script.starttls:

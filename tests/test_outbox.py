@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
+import logging
 import re
 import socket
 from collections.abc import Callable
+from datetime import datetime
 from email import policy
 from pathlib import Path
 
@@ -14,8 +17,13 @@ from click.testing import CliRunner
 from sample import NOW, row, write_config, write_ledger
 from scripted_smtp import ScriptedSMTP
 
+from bot import dunning, outbox
 from bot.cli import main
+from bot.config import load_settings
+from bot.ledger import read_ledger
 from bot.store import Store
+from bot.templates import Templates
+from bot.transports import make_transport
 
 Start = Callable[..., ScriptedSMTP]
 
@@ -136,3 +144,39 @@ def test_paid_while_waiting_for_retry_is_withdrawn(tmp_path: Path, scripted_smtp
     (to_c1,) = [m.data for m in server.messages if m.recipients == ("ap1@customers.test",)]
     text = email.message_from_bytes(to_c1, policy=policy.default).get_body(("plain",)).get_content()
     assert re.search(r"Still owed:\s+200,00", text)
+
+
+def test_two_senders_on_one_store_send_each_reminder_once(tmp_path: Path, scripted_smtp: Start,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Each claims while its transaction opens: the one that loses the claim abandons its transaction (RSET)."""
+    server = scripted_smtp()
+    settings = load_settings(write_config(tmp_path, ledger(tmp_path, 120), smtp=smtp(server.port, "connections = 4")))
+    now = datetime.fromisoformat(NOW)
+    first = Store.open(settings.store_url)
+    report = outbox.Report()
+    plan = dunning.prepare(first, read_ledger(settings.ledger).open_invoices, now, settings, report)
+    outbox.enqueue(plan, first, Templates(settings.templates_dir, settings.languages, settings.company.language),
+                   settings, report)
+    second = Store.open(settings.store_url)
+    caplog.set_level(logging.INFO, logger="bot.outbox")
+
+    async def sender(store: Store) -> outbox.Report:
+        transport, workers = make_transport(settings)
+        await transport.open()
+        try:
+            return await outbox.deliver(store, transport, lambda: now, outbox.Retry(), outbox.Report(),
+                                        workers=workers, only=frozenset(r.message_id for r in plan.reminders))
+        finally:
+            await transport.close()
+
+    async def both() -> list[outbox.Report]:
+        return list(await asyncio.gather(sender(first), sender(second)))
+
+    reports = asyncio.run(both())
+    ids = [email.message_from_bytes(m.data)["Message-ID"] for m in server.messages]
+    assert sorted(ids) == sorted(r.message_id for r in plan.reminders)
+    assert sum(r.sent for r in reports) == 120 and all(r.sent for r in reports)
+    assert first.counts() == {"sent": 120}
+    lost = caplog.text.count("is being sent by another process; left to it")
+    commands = server.commands
+    assert lost and commands.count("RSET") == lost and commands.count("MAIL") == commands.count("DATA") + lost

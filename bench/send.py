@@ -98,9 +98,9 @@ def dunbot_child(config_file: Path, synchronous: str) -> dict[str, Any]:
         finally:
             marks["sent"] = time.time()
 
-    async def timed_send(self: Any, envelope: Any) -> Any:
+    async def timed_send(self: Any, envelope: Any, ready: Any = None) -> Any:
         marks.setdefault("first", time.time())
-        return await send(self, envelope)
+        return await send(self, envelope, ready)
 
     outbox.send_plan = timed_send_plan  # type: ignore[assignment]
     transports.SmtpTransport.send = timed_send  # type: ignore[method-assign]

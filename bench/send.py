@@ -224,55 +224,41 @@ def _measure(kind: str, rep: int, work: Path, ledger_file: Path, port: int, size
 
 
 NOTES = """\
-What was done in this round (`bot/outbox.py`, `bot/dunning.py`, `bot/store.py`, `bot/templates.py`,
-migration 0007):
+What was done in this round (2026-11-23, session 8: `bot/rendering.py`, `bot/children.py`, `bot/outbox.py`,
+`bot/transports.py`, `bot/store.py`). Measured first, on this benchmark's 10,000 reminders, with the
+reminders already recorded (`outbox.deliver` alone) against the same SmtpTransport without the outbox: the
+transport used 3.6-3.8 s of CPU, the outbox around it 11.5-13.2 s. The difference was the store's marks
+(6.1 s of CPU in 5,306 group commits: 1.1 ms each, twice what one costs alone) and the time the ten
+connections spent waiting for their claim (8-10 ms a message, against 0.2 ms for an fsync on this disk).
 
-- The message bytes live in a table of their own (`reminder_messages`), written once at enqueue; migration
-  0007 moves the existing ones. A status mark now rewrites the ~100-byte `reminders` row, not the ~8 KB
-  message. Alone (an ad-hoc timing of `Store.mark` and `Store.enqueue`, not part of this benchmark), a group
-  commit of three "sending" and three "sent" marks at synchronous=FULL took 1.12-1.17 ms before and
-  0.87-0.90 ms after; recording 100 reminders 6.0-6.1 ms before, 6.4-6.7 ms after (one statement more).
-- `dunbot send` delivers each recorded batch of 100 while the next is rendered (`outbox.send_plan`): the
-  first message is on the wire ~0.2 s after planning instead of after every message is rendered (~7 s).
-  Every guarantee stands: a reminder is committed with its exact bytes before it is offered to a connection,
-  "sending" is committed before its SMTP transaction, "sent" after, and before its connection starts another;
-  if delivery stops, the rest is still recorded (`tests/test_send_pass.py`, `tests/test_crash.py`).
-  Rendering runs at most three batches ahead, so the pass no longer holds every message in memory.
-- Templates are looked at once per pass (`Templates.refresh`), not by Jinja on every render (~10 stats per
-  message); an edit takes effect at the next pass.
-- The recorder lets the connections in every ten renders: a turn of the event loop per message cost
-  ~1.4 s of CPU per 10,000 (the process used 18.3-18.5 s of CPU with a turn per 20 messages, 19.7-19.8 s
-  with one per message).
+- The marks' two statements are built once (`store._CLAIM`, `_SENT`, an expanding IN): building them at
+  each commit cost as much as running them (0.52 -> 0.26 ms of CPU a commit, alone).
+- The claim overlaps the transaction: the "sending" commit runs while MAIL FROM and RCPT TO go out, and
+  DATA (after which the server may accept the message) waits for it (`Transport.send(envelope, ready=...)`;
+  a lost claim abandons the transaction with RSET). The guarantee is unchanged: "sending" is committed before
+  the server can accept, and the connection's previous "sent" in the same commit or an earlier one.
+- A pass of 1,000 reminders or more renders in a worker process (`bot/rendering.py`, ~0.45 ms of CPU a
+  reminder): the sending process keeps its core for SMTP and the store, and its event loop no longer stalls
+  for a stretch of renders. The first batch is rendered here while the worker starts. The worker never sees
+  the store or a server; its template errors and log records come back; if it dies, the rest of the pass is
+  rendered here (`tests/test_rendering.py`).
 
-What it bought: nothing measurable in throughput, here. Side by side (`dunbot send` start to exit, the
-same 10,000 reminders and Postfix, interleaved with smtp-source at 7.7-7.8 s, load average 4-8 from other
-jobs on the two cores), the version before this round took 25.0 and 27.0 s (18.7 and 19.1 s of CPU), this
-one 26.7 and 30.0 s (19.5 and 18.5 s of CPU): within the machine's noise of each other. What it did buy:
-the first message leaves in a fifth of a second, and a pass holds a few batches of messages, not all of them.
-The process uses 56-75 % of a core over its run: it is starved by the machine as much as it is slow.
+What it bought, in the same conditions (load average 5-9 from the machine's other services), `dunbot send`
+start to exit: 423-451 msg/s before, 490-499 after (sending process: 15.5 s of CPU before, 9.4-10.5 s after;
+the loop idle 6-7 s of the ~20, waiting for claims and the server). With rendering and the store out of the
+way, what is left per connection and message is ~4 SMTP round trips of 3-4 ms each on this loaded machine
+(Postfix competes for the same two cores and spends ~0.9 ms of CPU on each of these 8 KB, 1.3-recipient
+messages, against ~0.4 ms on smtp-source's) and the part of the claim's commit that MAIL and RCPT do not hide
+(a FULL commit takes 2-3 ms here while Postfix fsyncs its queue files on the same disk; NORMAL, ~0.9 ms).
 
-Where the ten connections' time goes (instrumented run, FULL): ~40 % waiting for their "sending" commit
-(a group commit took ~5 ms in the run against 0.9 ms alone: its thread competes with the event loop for
-the GIL and with everything else on the machine for a core; a shorter switch interval did not help),
-~55 % in SMTP transactions (~19 ms per message per connection, against ~10 ms for smtp-source's sessions),
-~1 % waiting for rendering. synchronous=NORMAL cuts the commit to ~3 ms in the run but not the wall time
-measurably, and stays off (see below). What is left, largest first:
-1. The commit wait. Exactly once needs a commit between a message's acceptance and its connection's next
-   transaction; claiming the next reminder while the current one is in flight would hide the wait, but
-   widens the crash window from one reminder per connection to two: a decision for the project, not taken
-   here. Making each commit cost less CPU (fewer SQLAlchemy round trips in `Store.mark`) is the safe part.
-2. CPU per message: under cProfile about two thirds of `messages.compose` is the email package folding the
-   non-ASCII Subject and To headers (most of these European reminders), and Jinja's includes create
-   ~11 contexts per message. Both are Python on the one core Dunbot has.
-3. The daemon records a whole pass (in its child process, bot/offload.py) before it delivers; overlapping
-   the two there would mean delivering from the store while the child is still recording.
+Earlier rounds (2026-11-23): the message bytes in their own table (migration 0007), so a mark rewrites a
+~100-byte row; each recorded batch delivered while the next is rendered; templates looked at once per pass;
+`messages.compose` writing the bytes itself where the email package would write them unchanged
+(2-4 ms -> 0.3 ms a message); the marks committed as a group in a thread; `Store.enqueue` one `executemany`
+per table.
 
 synchronous=FULL stays the default: in WAL mode NORMAL can lose the last commits on a power cut (not on a
-crash of the process), and "sent" marks lost means reminders sent twice.
-
-Before this round (2026-11-23): `messages.compose` writes the bytes itself where the email package would
-write them unchanged (2-4 ms -> 0.3 ms per message); the marks around each SMTP transaction are committed
-as a group in a thread; `Store.enqueue` records a batch with one `executemany` per table."""
+crash of the process), and "sent" marks lost means reminders sent twice."""
 
 
 def markdown(result: Result) -> str:

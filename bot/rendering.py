@@ -140,7 +140,11 @@ class Renderer:
     async def __aenter__(self) -> Renderer:
         self.templates.refresh()  # an edit takes effect at the next pass, and a whole pass uses one version
         if self.worker:
-            child = self._child = await children.spawn("bot.rendering:worker_main")
+            try:
+                child = self._child = await children.spawn("bot.rendering:worker_main")
+            except OSError as exc:
+                log.warning("cannot start the rendering worker (%s): rendering this pass here", exc)
+                return self
             assert child.stdin is not None
             t = self.templates
             children.write(_Pipe(child.stdin), (t.root, t.languages, t.default_language, self.settings,

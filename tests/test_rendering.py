@@ -129,8 +129,7 @@ def test_a_worker_that_dies_leaves_the_rest_to_be_rendered_here(
         nonlocal answers
         answers += 1
         if answers == 2:
-            for pid in _children():
-                os.kill(pid, signal.SIGKILL)
+            os.kill(_worker_of(os.getpid(), deadline=time.monotonic() + 5), signal.SIGKILL)
         return await receive(stream)
 
     monkeypatch.setattr(children, "receive", killed_after_one)
@@ -140,13 +139,6 @@ def test_a_worker_that_dies_leaves_the_rest_to_be_rendered_here(
     assert any("rendering worker stopped" in r.getMessage() for r in caplog.records)
     assert (report.queued, report.sent, report.errors) == (4 * CUSTOMERS, 4 * CUSTOMERS, [])
     assert len(delivered(tmp_path)) == 4 * CUSTOMERS == len(list((tmp_path / "sent" / "new").iterdir()))
-
-
-def _children() -> list[int]:
-    found = []
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        found += [int(pid) for pid in (task / "children").read_text().split()]
-    return found
 
 
 def test_the_worker_dies_with_the_sender(tmp_path: Path) -> None:
@@ -167,6 +159,7 @@ def test_the_worker_dies_with_the_sender(tmp_path: Path) -> None:
 
 
 def _worker_of(pid: int, deadline: float) -> int:
+    """The rendering worker among the children of `pid` (the test session has others: Dovecot)."""
     while time.monotonic() < deadline:
         for task in Path(f"/proc/{pid}/task").iterdir():
             for child in (task / "children").read_text().split():
@@ -181,3 +174,17 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return "gone"
+
+
+def test_a_worker_that_cannot_start_leaves_the_pass_to_be_rendered_here(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    settings = settings_for(tmp_path, mixed())
+
+    async def no_processes(_entry: str) -> asyncio.subprocess.Process:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(children, "spawn", no_processes)
+    caplog.set_level(logging.WARNING, logger="bot")
+    report = send(settings, tmp_path, 1, monkeypatch)
+    assert "cannot start the rendering worker" in caplog.text
+    assert (report.queued, report.sent, report.errors) == (CUSTOMERS, CUSTOMERS, [])

@@ -346,9 +346,10 @@ async def _send_all(fill: Callable[[_Feed], Awaitable[None]], store: Store, tran
 
 async def _send_one(item: Outgoing, store: Store, marks: _Marks, transport: Transport,
                     clock: Callable[[], datetime], retry: Retry, report: Report, breaker: _Breaker) -> None:
-    """The claim's commit runs while the transport opens the transaction (MAIL, RCPT); the transport waits
-    for it before DATA, the point after which the server may accept the message: "sending" is still
-    committed first, and the previous message's "sent" with it or before, so no more can be unrecorded."""
+    """The claim's commit runs while the transaction goes out (MAIL, RCPT, DATA and the message); the
+    transport waits for it before the "." that ends DATA, after which the server may accept the message:
+    "sending" is still committed first, and the previous message's "sent" with it or before, so a connection
+    never has more than one message accepted and not recorded."""
     claim = asyncio.ensure_future(marks.mark_sending(item.id))
     envelope = Envelope(item.sender, item.recipients, item.raw, item.message_id)
     try:

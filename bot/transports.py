@@ -44,8 +44,8 @@ class Accepted:
 
 class Transport(Protocol):
     """`send` awaits `ready`, when given, just before the point after which the message may be delivered
-    (SMTP: DATA), so that the outbox's claim is committed while the transaction opens; if `ready` gives
-    False, nothing is delivered and `send` returns None."""
+    (SMTP: the "." that ends DATA), so that the outbox's claim is committed while the transaction goes out;
+    if `ready` gives False, nothing is delivered and `send` returns None."""
 
     async def open(self) -> None: ...
     async def send(self, envelope: Envelope, ready: asyncio.Future[bool] | None = None) -> Accepted | None: ...
@@ -387,10 +387,14 @@ class SmtpTransport:
             if len(refused) == len(envelope.recipients):
                 await self._reset(client)
                 raise self._all_refused(refused)
-            if ready is not None and not await self._ready(client, ready):
-                return None
             try:
-                response = await client.data(envelope.message, timeout=t)
+                if ready is None:
+                    response = await client.data(envelope.message, timeout=t)
+                else:
+                    answer = await self._data_when_ready(client, envelope, ready)
+                    if answer is None:
+                        return None
+                    response = answer
             except aiosmtplib.SMTPDataError as exc:
                 raise self._reply_failure(exc.code, exc.message, "the message", ()) from exc
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
@@ -436,16 +440,30 @@ class SmtpTransport:
                                    tuple(a for a in envelope.recipients if not a.isascii()))
         return [*options, "SMTPUTF8"], "utf-8"
 
-    async def _ready(self, client: aiosmtplib.SMTP, ready: asyncio.Future[bool]) -> bool:
-        """Wait for the caller's go before DATA; without it (False, or its failure), abandon the transaction."""
+    async def _data_when_ready(self, client: aiosmtplib.SMTP, envelope: Envelope,
+                               ready: asyncio.Future[bool]) -> aiosmtplib.SMTPResponse | None:
+        """DATA and the message go out at once; the final "." (RFC 5321 4.1.1.4: the server may accept the
+        message only then) waits for the caller's go. Without it (False, or its failure), the connection is
+        dropped: a transaction cut before its "." is discarded by the server, and no RSET can end DATA."""
+        t = self.settings.timeout
+        start = await client.execute_command(b"DATA", timeout=t)
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        if client.protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        client.protocol.write(_transparent(envelope.message))
         try:
             go = await asyncio.shield(ready)
         except BaseException:
-            await self._reset(client)
+            _drop(client)
             raise
         if not go:
-            await self._reset(client)
-        return go
+            _drop(client)
+            return None
+        response = await client.execute_command(b".", timeout=t)
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
 
     async def _reset(self, client: aiosmtplib.SMTP) -> None:
         """Abandon the transaction so the connection can carry the next message; drop it if RSET fails."""
@@ -453,6 +471,19 @@ class SmtpTransport:
             await client.rset(timeout=self.settings.timeout)
         except (aiosmtplib.SMTPException, OSError):
             _drop(client)
+
+
+_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _transparent(message: bytes) -> bytes:
+    """The message as DATA carries it, without the final ".": CRLF line ends, leading dots doubled (RFC 5321
+    4.5.2), as aiosmtplib's data() would send it."""
+    message = _LINE_ENDS.sub(b"\r\n", message)
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return _LEADING_DOT.sub(b"..", message)
 
 
 def _drop(client: aiosmtplib.SMTP, transport: asyncio.BaseTransport | None = None) -> None:

@@ -148,7 +148,8 @@ def test_paid_while_waiting_for_retry_is_withdrawn(tmp_path: Path, scripted_smtp
 
 def test_two_senders_on_one_store_send_each_reminder_once(tmp_path: Path, scripted_smtp: Start,
                                                           caplog: pytest.LogCaptureFixture) -> None:
-    """Each claims while its transaction opens: the one that loses the claim abandons its transaction (RSET)."""
+    """Each claims while its transaction goes out: the one that loses the claim hangs up before the "." that
+    would have delivered the message."""
     server = scripted_smtp()
     settings = load_settings(write_config(tmp_path, ledger(tmp_path, 120), smtp=smtp(server.port, "connections = 4")))
     now = datetime.fromisoformat(NOW)
@@ -178,5 +179,4 @@ def test_two_senders_on_one_store_send_each_reminder_once(tmp_path: Path, script
     assert sum(r.sent for r in reports) == 120 and all(r.sent for r in reports)
     assert first.counts() == {"sent": 120}
     lost = caplog.text.count("is being sent by another process; left to it")
-    commands = server.commands
-    assert lost and commands.count("RSET") == lost and commands.count("MAIL") == commands.count("DATA") + lost
+    assert lost and server.commands.count("DATA") == 120 + lost and server.connections <= 8 + lost

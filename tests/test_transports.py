@@ -251,14 +251,14 @@ def test_drop_mid_data_is_temporary_and_the_next_send_reconnects(scripted_smtp: 
 
 async def _send_with_go(settings: SmtpSettings, server: ScriptedSMTP, go: Callable[[asyncio.Future[bool]], None],
                         ) -> tuple[list[str], Accepted | BaseException | None, Accepted | None]:
-    """One message sent with a go that the transaction waits for, given once MAIL and RCPT are through;
+    """One message sent with a go that the transaction waits for, given once its DATA is through;
     then a second message, without one, on the same transport. Returns what the server had seen before the go."""
     transport = SmtpTransport(settings)
     await transport.open()
     try:
         ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         sending = asyncio.ensure_future(transport.send(envelope(), ready=ready))
-        while "RCPT" not in server.commands:
+        while "DATA" not in server.commands:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.1)
         before = [*server.commands, f"{len(server.messages)} accepted"]
@@ -273,22 +273,23 @@ async def _send_with_go(settings: SmtpSettings, server: ScriptedSMTP, go: Callab
         await transport.close()
 
 
-def test_the_transaction_waits_for_its_go_before_data(scripted_smtp: Scripted) -> None:
-    """The outbox's claim is committed while MAIL and RCPT go out; DATA, after which the server may accept
-    the message, waits for it."""
+def test_the_transaction_waits_for_its_go_before_the_end_of_data(scripted_smtp: Scripted) -> None:
+    """The outbox's claim is committed while the transaction goes out; the "." that ends DATA, after which
+    the server may accept the message, waits for it."""
     server = scripted_smtp()
     before, first, second = run(_send_with_go(smtp(server.port), server, lambda ready: ready.set_result(True)))
-    assert before == ["MAIL", "RCPT", "0 accepted"]
+    assert before == ["MAIL", "RCPT", "DATA", "0 accepted"]
     assert isinstance(first, Accepted) and isinstance(second, Accepted)
     assert len(server.messages) == 2 and server.connections == 1
 
 
-def test_no_go_abandons_the_transaction_and_keeps_the_connection(scripted_smtp: Scripted) -> None:
+def test_no_go_abandons_the_transaction_with_its_connection(scripted_smtp: Scripted) -> None:
+    """Mid-DATA, only hanging up ends a transaction without delivering it; the next message reconnects."""
     server = scripted_smtp()
     _, first, second = run(_send_with_go(smtp(server.port), server, lambda ready: ready.set_result(False)))
     assert first is None and isinstance(second, Accepted)
-    assert server.commands == ["MAIL", "RCPT", "RSET", "MAIL", "RCPT", "DATA"]
-    assert len(server.messages) == 1 and server.connections == 1
+    assert server.commands == ["MAIL", "RCPT", "DATA", "MAIL", "RCPT", "DATA"]
+    assert len(server.messages) == 1 and server.connections == 2
 
 
 def test_a_failed_go_abandons_the_transaction_and_is_raised(scripted_smtp: Scripted) -> None:
@@ -296,7 +297,8 @@ def test_a_failed_go_abandons_the_transaction_and_is_raised(scripted_smtp: Scrip
     failure = StoreError("the store could not record the change: disk I/O error")
     _, first, second = run(_send_with_go(smtp(server.port), server, lambda ready: ready.set_exception(failure)))
     assert first is failure and isinstance(second, Accepted)
-    assert server.commands == ["MAIL", "RCPT", "RSET", "MAIL", "RCPT", "DATA"] and len(server.messages) == 1
+    assert server.commands == ["MAIL", "RCPT", "DATA", "MAIL", "RCPT", "DATA"] and len(server.messages) == 1
+    assert server.connections == 2
 
 
 def test_maildir_writes_nothing_without_its_go(tmp_path: Path) -> None:

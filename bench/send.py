@@ -233,23 +233,31 @@ connections spent waiting for their claim (8-10 ms a message, against 0.2 ms for
 
 - The marks' two statements are built once (`store._CLAIM`, `_SENT`, an expanding IN): building them at
   each commit cost as much as running them (0.52 -> 0.26 ms of CPU a commit, alone).
-- The claim overlaps the transaction: the "sending" commit runs while MAIL FROM and RCPT TO go out, and
-  DATA (after which the server may accept the message) waits for it (`Transport.send(envelope, ready=...)`;
-  a lost claim abandons the transaction with RSET). The guarantee is unchanged: "sending" is committed before
-  the server can accept, and the connection's previous "sent" in the same commit or an earlier one.
+- The claim overlaps the transaction: the "sending" commit runs while MAIL FROM, RCPT TO, DATA and the
+  message go out, and only the "." that ends DATA (after which the server may accept the message) waits
+  for it (`Transport.send(envelope, ready=...)`; a lost claim hangs up before the "."). The guarantee is
+  unchanged: "sending" is committed before the server can accept, and the connection's previous "sent" in
+  the same commit or an earlier one, so a connection never has two messages accepted and unrecorded.
+- The group commit runs in a thread of its own that goes from one commit to the next: through
+  `asyncio.to_thread`, a claim waited ~4 ms for its commit to start (the committer came back to the busy
+  event loop between commits), now ~2.5 ms.
 - A pass of 1,000 reminders or more renders in a worker process (`bot/rendering.py`, ~0.45 ms of CPU a
   reminder): the sending process keeps its core for SMTP and the store, and its event loop no longer stalls
   for a stretch of renders. The first batch is rendered here while the worker starts. The worker never sees
-  the store or a server; its template errors and log records come back; if it dies, the rest of the pass is
-  rendered here (`tests/test_rendering.py`).
+  the store or a server; its template errors and log records come back; if it dies or cannot start, the
+  rest of the pass is rendered here (`tests/test_rendering.py`).
 
-What it bought, in the same conditions (load average 5-9 from the machine's other services), `dunbot send`
-start to exit: 423-451 msg/s before, 490-499 after (sending process: 15.5 s of CPU before, 9.4-10.5 s after;
-the loop idle 6-7 s of the ~20, waiting for claims and the server). With rendering and the store out of the
-way, what is left per connection and message is ~4 SMTP round trips of 3-4 ms each on this loaded machine
-(Postfix competes for the same two cores and spends ~0.9 ms of CPU on each of these 8 KB, 1.3-recipient
-messages, against ~0.4 ms on smtp-source's) and the part of the claim's commit that MAIL and RCPT do not hide
-(a FULL commit takes 2-3 ms here while Postfix fsyncs its queue files on the same disk; NORMAL, ~0.9 ms).
+What it bought, side by side with smtp-source on this loaded machine (load average 2-9 from its other
+services), `dunbot send` start to exit: 423-451 msg/s before (0.36-0.41 of smtp-source), 511-545 after
+(0.39-0.46); the sending process used 15.5 s of CPU before, 8.9-10.4 s after. What is left, per connection
+and message (instrumented, FULL): ~17 ms, of which ~2 ms waiting for the claim at the "." (its commit: ~2.5 ms
+queued behind the one in flight, 2.5-3 ms to commit while Postfix fsyncs its queue files on the same disk,
+~1.3 ms for the event loop to hand the answer over) and ~15 ms of SMTP round trips, 3-4 ms each where the
+bare aiosmtplib loop sees ~2.3 ms: the sending process's event loop is busy ~80 % of the time (aiosmtplib
+itself ~3.7 s of CPU, the marks' commits ~2.5 s in their thread, recording ~1 s, reading and planning the
+ledger ~1 s), and Postfix, which spends ~0.9 ms of CPU on each of these 8 KB, 1.3-recipient messages against
+~0.4 ms on smtp-source's, competes with both processes for the two cores. aiosmtplib cannot pipeline
+(RFC 2920: it reads one reply per command), which would halve the round trips.
 
 Earlier rounds (2026-11-23): the message bytes in their own table (migration 0007), so a mark rewrites a
 ~100-byte row; each recorded batch delivered while the next is rendered; templates looked at once per pass;

@@ -442,3 +442,27 @@ def test_maildir_is_idempotent_by_message_id_across_restarts(tmp_path: Path) -> 
     trace = stored[env.message_id]
     assert trace["Return-Path"] == f"<{SENDER}>"
     assert [a for _, a in getaddresses([trace["X-Envelope-To"]])] == [f"ana@{CUSTOMERS}", f"ben@{CUSTOMERS}"]
+
+
+def test_a_message_with_lone_dots_arrives_whole_when_the_end_waits_for_a_go(scripted_smtp: Scripted) -> None:
+    """Lines that are, or start with, "." are doubled on the wire (RFC 5321 4.5.2): none can end DATA early."""
+    server = scripted_smtp()
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Message-ID"] = SENDER, f"ana@{CUSTOMERS}", make_msgid(domain="dunbot.test")
+    msg.set_content("Totals:\n.\n..two\n.three\n", cte="8bit")
+    raw = msg.as_bytes(policy=SMTP)
+    dotted = Envelope(SENDER, (f"ana@{CUSTOMERS}",), raw, msg["Message-ID"])
+
+    async def scenario() -> Accepted | None:
+        transport = SmtpTransport(smtp(server.port))
+        await transport.open()
+        try:
+            ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            ready.set_result(True)
+            return await transport.send(dotted, ready=ready)
+        finally:
+            await transport.close()
+
+    assert isinstance(run(scenario()), Accepted)
+    (received,) = server.messages
+    assert b"\r\n.\r\n..two\r\n.three\r\n" in raw and received.data == raw

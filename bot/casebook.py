@@ -137,7 +137,7 @@ class CaseBook:
             }
             row["owner"] = route_owner(row, self.settings)
             rows.append(row)
-        with self.store.engine.begin() as c:
+        with self.store.transaction(immediate=True) as c:
             c.execute(customers.update().values(balances="{}", open_amount=0, invoices="[]", updated_at=now))
             known = set(c.execute(sa.select(customers.c.customer_id)).scalars())
             fresh = [r for r in rows if r["customer_id"] not in known]

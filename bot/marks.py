@@ -36,13 +36,16 @@ class Marks:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    async def mark_sending(self, rid: int) -> bool:
-        """True once the reminder is recorded as being sent by us; False if another sender claimed it first."""
+    def claim(self, rid: int) -> asyncio.Future[bool]:
+        """True once the reminder is recorded as being sent by us; False if another sender claimed it first.
+
+        A future, not a coroutine: the connection awaits it at the end of DATA, and each layer between the
+        commit and that await would cost it a turn of the event loop."""
         future: asyncio.Future[bool] = self.loop.create_future()
         with self._wake:
             self.sending.append((rid, future))
             self._start()
-        return await future
+        return future
 
     def mark_sent(self, rid: int, at: datetime, reply: str) -> None:
         with self._wake:

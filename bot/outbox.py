@@ -119,8 +119,6 @@ async def send_plan(plan: Plan, store: Store, templates: Templates, settings: Se
             # The first batch is rendered here while the worker starts (~0.4 s): the first message leaves as
             # early as it would without a worker.
             rendering = deque(renderer.submit(chunk, here=i == 0) for i, chunk in enumerate(chunks[:RENDER_AHEAD]))
-            # Before any mark can be committing: escalate reads then writes, and on SQLite a transaction that
-            # turns from reading to writing while another connection commits fails at once ("database is locked").
             escalate(plan, store, report)
             await feed.put(store.due(clock()))  # left by an earlier pass, or caught mid-send by a crash
             for chunk in chunks[RENDER_AHEAD:]:
@@ -284,7 +282,7 @@ async def _send_one(item: Outgoing, store: Store, marks: Marks, transport: Trans
     transport waits for it before the "." that ends DATA, after which the server may accept the message:
     "sending" is still committed first, and the previous message's "sent" with it or before, so a connection
     never has more than one message accepted and not recorded."""
-    claim = asyncio.ensure_future(marks.mark_sending(item.id))
+    claim = marks.claim(item.id)
     envelope = Envelope(item.sender, item.recipients, item.raw, item.message_id)
     try:
         accepted = await transport.send(envelope, ready=claim)

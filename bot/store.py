@@ -175,11 +175,18 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """One transaction; a failing database (disk full, locked) becomes a StoreError, so sending stops."""
+    def transaction(self, *, immediate: bool = False) -> Iterator[Connection]:
+        """One transaction; a failing database (disk full, locked) becomes a StoreError, so sending stops.
+
+        `immediate` for one that reads before it writes: on SQLite it takes the write lock first, waiting for
+        it, because a transaction that read while another connection committed cannot write at all
+        ("database is locked" at once: the daemon's heartbeat commits every few seconds)."""
         try:
-            with self.engine.begin() as connection:
-                yield connection
+            with self.engine.connect() as connection:
+                if immediate:
+                    connection.execution_options(**{IMMEDIATE: True})
+                with connection.begin():
+                    yield connection
         except OperationalError as exc:
             raise StoreError(f"the store could not record the change: {exc.orig}") from exc
 
@@ -288,7 +295,7 @@ class Store:
 
         The server may or may not have accepted them: this is the one window where a duplicate can occur.
         """
-        with self.transaction() as c:
+        with self.transaction(immediate=True) as c:
             rows = c.execute(sa.select(reminders.c.id, reminders.c.message_id, reminders.c.customer_id)
                              .where(reminders.c.status == SENDING)).all()
             if rows:
@@ -373,7 +380,7 @@ class Store:
         # when another connection committed in between.
         unsent = (sa.select(reminders.c.id).where(reminders.c.id == rid)
                   .where(reminders.c.status.in_((QUEUED, SENDING))).scalar_subquery())
-        with self.transaction() as c:
+        with self.transaction(immediate=True) as c:
             c.execute(reminder_invoices.delete().where(reminder_invoices.c.reminder_id == unsent))
             c.execute(reminder_messages.delete().where(reminder_messages.c.reminder_id == unsent))
             c.execute(reminders.delete().where(reminders.c.id == rid).where(reminders.c.status.in_((QUEUED, SENDING))))
@@ -390,7 +397,7 @@ class Store:
     def escalate(self, customer_id: str, reason: str, detail: str, invoice_ids: Iterable[str],
                  recommendation: str, now: datetime) -> bool:
         """Open an escalation unless one is already open for the customer; True when a new one was opened."""
-        with self.transaction() as c:
+        with self.transaction(immediate=True) as c:
             open_ = c.execute(sa.select(escalations.c.id).where(escalations.c.customer_id == customer_id)
                               .where(escalations.c.resolved_at.is_(None))).first()
             if open_ or state_of(c, customer_id) in STOPPED:
@@ -514,7 +521,7 @@ class Store:
 
     def end_hold(self, hold_id: int, outcome: str, now: datetime) -> None:
         """End a hold; a case paused only by it becomes active again."""
-        with self.transaction() as c:
+        with self.transaction(immediate=True) as c:
             customer_id = c.execute(sa.select(holds.c.customer_id).where(holds.c.id == hold_id)).scalar()
             c.execute(holds.update().where(holds.c.id == hold_id).values(ended_at=now, outcome=outcome))
             others = c.execute(sa.select(holds.c.id).where(holds.c.customer_id == customer_id)
@@ -524,7 +531,7 @@ class Store:
 
     def close_paid(self, owing: set[str], now: datetime) -> None:
         """Resolve the cases of customers the ledger shows nothing owed by any more."""
-        with self.transaction() as c:
+        with self.transaction(immediate=True) as c:
             open_cases = c.execute(sa.select(cases.c.customer_id).where(cases.c.state != "resolved")).scalars().all()
             for customer_id in open_cases:
                 if customer_id not in owing:

@@ -453,7 +453,7 @@ class SmtpTransport:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         client.protocol.write(_transparent(envelope.message))
         try:
-            go = await asyncio.shield(ready)
+            go = await ready
         except BaseException:
             _drop(client)
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -214,3 +215,34 @@ def test_migration_due_until_the_store_is_opened(backend: str, tmp_path: Path) -
         Store.open(url).close()
         assert not Store.migration_due(url)
     assert not Store.migration_due("sqlite:///:memory:")  # nothing to keep: opened and migrated in place
+
+
+def test_a_write_that_reads_first_waits_for_the_lock_instead_of_failing(tmp_path: Path) -> None:
+    """SQLite: a transaction that read while another connection committed cannot write at all, busy timeout or
+    not; the store's read-then-write changes (an escalation here) take the write lock first and wait for it."""
+    url = f"sqlite:///{tmp_path / 'dunbot.db'}"
+    store, other = Store.open(url), Store.open(url)
+    other.escalate("C0", "warm-up", "", ["I0"], "", NOW)
+
+    def commit_meanwhile() -> None:
+        other.escalate("C9", "meanwhile", "", ["I9"], "", NOW)
+
+    def read_commit_write() -> None:
+        with store.transaction() as c:
+            c.execute(sa.text("SELECT count(*) FROM escalations")).scalar_one()
+            commit_meanwhile()  # another connection commits after this one has read
+            c.execute(sa.text("UPDATE escalations SET detail = 'x'"))
+
+    with pytest.raises(StoreError, match="locked"):
+        read_commit_write()
+
+    with store.transaction(immediate=True) as c:
+        c.execute(sa.text("SELECT count(*) FROM escalations")).scalar_one()
+        meanwhile = threading.Thread(target=commit_meanwhile)
+        meanwhile.start()
+        meanwhile.join(0.3)
+        assert meanwhile.is_alive(), "the other writer should wait for this transaction"
+        c.execute(sa.text("UPDATE escalations SET detail = 'y'"))
+    meanwhile.join(10)
+    assert store.escalate("C1", "over 90 days", "", ["I1"], "", NOW) is True
+    assert {r["customer_id"] for r in store.open_escalations()} >= {"C0", "C1", "C9"}

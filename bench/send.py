@@ -248,8 +248,8 @@ connections spent waiting for their claim (8-10 ms a message, against 0.2 ms for
   rest of the pass is rendered here (`tests/test_rendering.py`).
 
 What it bought, side by side with smtp-source on this loaded machine (load average 2-9 from its other
-services), `dunbot send` start to exit: 423-451 msg/s before (0.36-0.41 of smtp-source), 511-545 after
-(0.39-0.46); the sending process used 15.5 s of CPU before, 8.9-10.4 s after. What is left, per connection
+services), `dunbot send` start to exit: 423-451 msg/s before (0.36-0.41 of smtp-source), 511-590 after
+(0.39-0.48 per repetition); the sending process used 15.5 s of CPU before, 8.9-10.4 s after. What is left, per connection
 and message (instrumented, FULL): ~17 ms, of which ~2 ms waiting for the claim at the "." (its commit: ~2.5 ms
 queued behind the one in flight, 2.5-3 ms to commit while Postfix fsyncs its queue files on the same disk,
 ~1.3 ms for the event loop to hand the answer over) and ~15 ms of SMTP round trips, 3-4 ms each where the

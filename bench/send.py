@@ -249,15 +249,15 @@ connections spent waiting for their claim (8-10 ms a message, against 0.2 ms for
 
 What it bought, side by side with smtp-source on this loaded machine (load average 2-9 from its other
 services), `dunbot send` start to exit: 423-451 msg/s before (0.36-0.41 of smtp-source), 511-590 after
-(0.39-0.48 per repetition); the sending process used 15.5 s of CPU before, 8.9-10.4 s after. What is left, per connection
-and message (instrumented, FULL): ~17 ms, of which ~2 ms waiting for the claim at the "." (its commit: ~2.5 ms
-queued behind the one in flight, 2.5-3 ms to commit while Postfix fsyncs its queue files on the same disk,
-~1.3 ms for the event loop to hand the answer over) and ~15 ms of SMTP round trips, 3-4 ms each where the
-bare aiosmtplib loop sees ~2.3 ms: the sending process's event loop is busy ~80 % of the time (aiosmtplib
-itself ~3.7 s of CPU, the marks' commits ~2.5 s in their thread, recording ~1 s, reading and planning the
-ledger ~1 s), and Postfix, which spends ~0.9 ms of CPU on each of these 8 KB, 1.3-recipient messages against
-~0.4 ms on smtp-source's, competes with both processes for the two cores. aiosmtplib cannot pipeline
-(RFC 2920: it reads one reply per command), which would halve the round trips.
+(0.39-0.48 per repetition); the sending process used 15.5 s of CPU before, 8.9-10.4 s after. What is left, per
+connection and message (instrumented, FULL): ~17 ms, of which ~2 ms waiting for the claim at the "." (its
+commit: ~2.5 ms queued behind the one in flight, 2.5-3 ms to commit while Postfix fsyncs its queue files on
+the same disk, ~1.3 ms for the event loop to hand the answer over) and ~15 ms of SMTP round trips, 3-4 ms each
+where the bare aiosmtplib loop sees ~2.3 ms: the sending process's event loop is busy ~80 % of the time
+(aiosmtplib itself ~3.7 s of CPU, the marks' commits ~2.5 s in their thread, recording ~1 s, reading and
+planning the ledger ~1 s), and Postfix, which spends ~0.9 ms of CPU on each of these 8 KB, 1.3-recipient
+messages against ~0.4 ms on smtp-source's, competes with both processes for the two cores. aiosmtplib cannot
+pipeline (RFC 2920: it reads one reply per command), which would halve the round trips.
 
 Earlier rounds (2026-11-23): the message bytes in their own table (migration 0007), so a mark rewrites a
 ~100-byte row; each recorded batch delivered while the next is rendered; templates looked at once per pass;

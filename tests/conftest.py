@@ -8,6 +8,21 @@ from pathlib import Path
 import pytest
 from mailstack import MailStack, make_untrusted_certificate
 from scripted_smtp import Script, ScriptedSMTP
+from stores import BACKENDS, store_url
+
+from bot.store import Store
+
+# ---- the store on every backend under test -----------------------------------------------------
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """SQLite, and PostgreSQL too when DUNBOT_TEST_PG_URL is set: a store test runs once on each."""
+    with store_url(request.param, tmp_path) as url:
+        opened = Store.open(url)
+        yield opened
+        opened.close()
+
 
 # ---- real mail stack ---------------------------------------------------------------------------
 

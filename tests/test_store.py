@@ -6,7 +6,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,14 +20,6 @@ from bot.schema import reminder_messages, reminders
 from bot.store import MIGRATIONS, Outgoing, Queued, Store
 
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with store_url(request.param, tmp_path) as url:
-        opened = Store.open(url)
-        yield opened
-        opened.close()
 
 
 def queued(mid: str, customer: str = "C1", invoices: tuple[str, ...] = ("I1",), stage: str = "first") -> Queued:

@@ -4,25 +4,15 @@ each reply still all or nothing, nothing of a failed batch kept."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from stores import BACKENDS, store_url
 
 from bot.store import Store
 
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with store_url(request.param, tmp_path) as url:
-        opened = Store.open(url)
-        yield opened
-        opened.close()
 
 
 def reply(message_id: str, escalate: bool = False) -> dict[str, Any]:

@@ -65,12 +65,20 @@ def test_a_suspect_ledger_found_in_the_child_stops_the_pass_as_before(tmp_path: 
     run(scenario())
 
 
+def escalating(tmp_path: Path, count: int, daemon: str, *, with_account: bool = True) -> Path:
+    """A daemon whose `count` cases all escalate at 90 days, owned by their account manager Laura ("laura"),
+    who has an account to be notified at unless `with_account` is False."""
+    config = daemon_config(tmp_path, ledger_rows(count, days_overdue=90), daemon=daemon)
+    config.write_text(config.read_text().replace('"Laura Gómez" = "laura"', '"Laura" = "laura"'))
+    if with_account:
+        add_user(store_of(config), "laura", "correct horse battery", "finance", datetime.fromisoformat(NOW),
+                 email="laura@northwind.example")
+    return config
+
+
 def test_the_digest_is_queued_in_a_child_and_sent_by_the_daemon(tmp_path: Path,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
-    config = daemon_config(tmp_path, ledger_rows(5, days_overdue=90), daemon='digest_schedule = "off"')
-    config.write_text(config.read_text().replace('"Laura Gómez" = "laura"', '"Laura" = "laura"'))
-    add_user(store_of(config), "laura", "correct horse battery", "finance", datetime.fromisoformat(NOW),
-             email="laura@northwind.example")  # the account manager of every case, so their owner
+    config = escalating(tmp_path, 5, 'digest_schedule = "off"')
     caplog.set_level(logging.INFO, logger="bot")
 
     async def scenario() -> None:
@@ -85,13 +93,9 @@ def test_the_digest_is_queued_in_a_child_and_sent_by_the_daemon(tmp_path: Path,
     assert len(digests) == 1
 
 
-
 def test_escalation_notices_are_queued_in_a_child_when_one_is_due_and_sent_by_the_daemon(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    config = daemon_config(tmp_path, ledger_rows(5, days_overdue=90), daemon="notify_seconds = 3600")
-    config.write_text(config.read_text().replace('"Laura Gómez" = "laura"', '"Laura" = "laura"'))
-    add_user(store_of(config), "laura", "correct horse battery", "finance", datetime.fromisoformat(NOW),
-             email="laura@northwind.example")
+    config = escalating(tmp_path, 5, "notify_seconds = 3600")
     caplog.set_level(logging.INFO, logger="bot")
 
     async def scenario() -> tuple[bool, bool]:
@@ -109,11 +113,9 @@ def test_escalation_notices_are_queued_in_a_child_when_one_is_due_and_sent_by_th
     assert len(notices) == 5
 
 
-
 def test_a_notice_left_unqueued_is_tried_again_when_what_it_depends_on_changes(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    config = daemon_config(tmp_path, ledger_rows(1, days_overdue=90), daemon="notify_seconds = 3600")
-    config.write_text(config.read_text().replace('"Laura Gómez" = "laura"', '"Laura" = "laura"'))
+    config = escalating(tmp_path, 1, "notify_seconds = 3600", with_account=False)
     caplog.set_level(logging.INFO, logger="bot")
 
     def skipped() -> int:

@@ -26,10 +26,14 @@ _SOURCE = str(Path(__file__).resolve().parent.parent)  # the child imports this 
 _PYTHONPATH = os.environ.get("PYTHONPATH", "")
 
 
-def write(stream: IO[bytes], message: Any) -> None:
-    """One framed message on a child's pipe: its length, then its pickle."""
+def frame(message: Any) -> bytes:
+    """One message as it goes on a child's pipe: its length, then its pickle."""
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
+    return _HEADER.pack(len(data)) + data
+
+
+def write(stream: IO[bytes], message: Any) -> None:
+    stream.write(frame(message))
     stream.flush()
 
 

@@ -105,7 +105,7 @@ class Renderer:
         else:
             future = asyncio.get_running_loop().create_future()
             self._waiting.append((future, reminders))
-            children.write(_Pipe(self._child.stdin), (self.now, list(reminders)))
+            self._child.stdin.write(children.frame((self.now, list(reminders))))  # a few batches ahead, buffered
         self._submitted.add(future)
         future.add_done_callback(self._submitted.discard)
         return future
@@ -147,8 +147,8 @@ class Renderer:
                 return self
             assert child.stdin is not None
             t = self.templates
-            children.write(_Pipe(child.stdin), (t.root, t.languages, t.default_language, self.settings,
-                                               logging.getLogger("bot").getEffectiveLevel()))
+            child.stdin.write(children.frame((t.root, t.languages, t.default_language, self.settings,
+                                              logging.getLogger("bot").getEffectiveLevel())))
             self._reader = asyncio.create_task(self._read(child))
         return self
 
@@ -182,20 +182,6 @@ def _chain(source: asyncio.Future[Batch], target: asyncio.Future[Batch]) -> None
             target.set_result(done.result())
 
     source.add_done_callback(copy)
-
-
-class _Pipe:
-    """An asyncio pipe with the file methods `children.write` uses: the few batches ahead sit in its buffer."""
-
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-
-    def write(self, data: bytes) -> int:
-        self.writer.write(data)
-        return len(data)
-
-    def flush(self) -> None:
-        """The transport sends as soon as the pipe takes it."""
 
 
 def replay(batch: Batch) -> None:
